@@ -1,0 +1,3 @@
+"""aitrail: flight recorder for AI systems."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,100 @@
+"""One settings object, built once by the CLI and passed down.
+
+Sources, strongest first: CLI flags (applied by the CLI), `AITRAIL_*` environment variables
+(nested with `__`, e.g. `AITRAIL_OPENSEARCH__URL`), the TOML file given with `--config`,
+then the defaults below. Nothing else in aitrail reads the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma separated.")
+    topic: str = Field("aitrail.spans.v1", description="Topic the gateway writes and the collector reads.")
+    dlq_topic: str = Field("aitrail.spans.dlq", description="Dead-letter topic for messages that cannot be ingested.")
+    group_id: str = Field("aitrail-collector", description="Consumer group of the collectors.")
+    max_message_bytes: int = Field(1_000_000, gt=1024, description="Largest message the gateway produces.")
+
+
+class OpenSearchSettings(BaseModel):
+    url: str | None = Field(None, description="OpenSearch URL; when set, keys/collector/api use OpenSearch.")
+    index_prefix: str = Field("aitrail", description="Prefix of every index aitrail creates.")
+    username: str | None = None
+    password: str | None = None
+    verify_certs: bool = True
+
+
+class CollectorSettings(BaseModel):
+    default_tenant: str = Field("default", description="Tenant for messages without an aitrail-tenant header.")
+    batch_max_spans: int = Field(2000, gt=0, description="Largest batch written to the store at once.")
+    batch_max_wait_ms: int = Field(200, ge=0, description="Longest wait to fill a batch.")
+
+
+class IngestSettings(BaseModel):
+    max_body_bytes: int = Field(8 * 1024 * 1024, gt=0, description="Largest OTLP request body accepted (after gunzip).")
+    require_auth: bool = Field(True, description="Require an ingest key on OTLP requests.")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="AITRAIL_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    data_dir: Path = Field(Path("aitrail-data"), description="Embedded store, keys and checkpoint files.")
+    host: str = Field("127.0.0.1", description="Address the servers listen on.")
+    otlp_http_port: int = Field(4318, ge=0, le=65535)
+    otlp_grpc_port: int = Field(4317, ge=0, le=65535)
+    api_port: int = Field(8080, ge=0, le=65535)
+    prices_file: Path | None = Field(None, description="Your own price table, merged over the shipped one.")
+    log_format: str = Field("text", description="`json` for services, `text` for people.")
+    log_level: str = Field("INFO")
+    kafka: KafkaSettings = KafkaSettings()
+    opensearch: OpenSearchSettings = OpenSearchSettings()
+    collector: CollectorSettings = CollectorSettings()
+    ingest: IngestSettings = IngestSettings()
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: str) -> str:
+        if value not in ("json", "text"):
+            raise ValueError("must be 'json' or 'text'")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
+        config_file = _CONFIG_FILE.get("path")
+        if config_file is not None:
+            sources += (TomlConfigSettingsSource(settings_cls, toml_file=config_file),)
+        return sources
+
+
+_CONFIG_FILE: dict[str, Path | None] = {}
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings once. `overrides` are CLI flags (None means not given)."""
+    from .errors import ConfigError
+
+    if config_file is not None and not config_file.is_file():
+        raise ConfigError(f"config file {config_file} does not exist")
+    _CONFIG_FILE["path"] = config_file
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as exc:
+        raise ConfigError(f"invalid settings: {exc}") from exc
+    finally:
+        _CONFIG_FILE.clear()

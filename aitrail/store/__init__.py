@@ -1,0 +1,21 @@
+"""Storage seam (`base`) and its backends. `open_store` picks one from the settings:
+OpenSearch when `opensearch.url` is set, the embedded SQLite file otherwise."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aitrail.settings import Settings
+
+    from .base import Store
+
+
+def open_store(settings: Settings) -> Store:
+    if settings.opensearch.url:
+        from .opensearch import OpenSearchStore
+
+        return OpenSearchStore.from_settings(settings.opensearch)
+    from .sqlite import SqliteStore
+
+    return SqliteStore.in_dir(settings.data_dir)

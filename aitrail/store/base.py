@@ -1,0 +1,171 @@
+"""The storage seam. Both backends (`SqliteStore`, `OpenSearchStore`) implement it and pass the
+same contract suite (tests/store/test_contract.py).
+
+Records are append-only: there is no update path. Writes are idempotent by `record_id`, so a
+writer that crashed after the store acknowledged but before its caller committed can simply
+write the same batch again.
+
+Tenancy: every read takes the caller's tenant and applies it inside the query itself. A record
+of another tenant is indistinguishable from a missing one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import StrEnum
+from typing import Protocol
+
+from aitrail.schemas.record import AuditRecord
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    written: int
+    duplicates: int  # already stored with the same record_id: success, nothing changed
+
+
+@dataclass(frozen=True)
+class AnswerQuery:
+    tenant: str
+    text: str | None = None
+    start: str | None = None  # ISO time, inclusive
+    end: str | None = None  # ISO time, inclusive
+    user: str | None = None  # pseudonym
+    service: str | None = None
+    model: str | None = None  # request or response model
+    limit: int = 20
+    offset: int = 0
+
+
+@dataclass
+class Answer:
+    """One completion as the answers endpoint shows it: the span record merged with the
+    content its instrumentation sent as a log event, if any."""
+
+    record_id: str
+    trace_id: str
+    span_id: str
+    time: str | None
+    question: str | None
+    answer: str | None
+    provider: str | None
+    model: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    cost_amount: Decimal | None
+    cost_currency: str | None
+    service: str | None
+    user: str | None
+
+
+@dataclass
+class AnswerPage:
+    answers: list[Answer]
+    count: int  # all matches, not only this page
+
+
+@dataclass(frozen=True)
+class CostQuery:
+    tenant: str
+    start: str | None = None
+    end: str | None = None
+    group_by: tuple[str, ...] = ("model",)  # any of COST_GROUPS
+
+
+COST_GROUPS = ("tenant", "service", "model", "user", "feature", "provider", "day")
+
+
+@dataclass
+class CostRow:
+    group: dict[str, str | None]
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    cost: Decimal
+    currency: str | None
+    unpriced_calls: int  # completions whose model had no price
+
+
+class Role(StrEnum):
+    INGEST = "ingest"
+    AUDITOR = "auditor"
+    ANALYST = "analyst"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True)
+class Principal:
+    key_id: str
+    tenant: str
+    role: Role
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    key_id: str
+    tenant: str
+    role: Role
+    created_at: str
+    revoked_at: str | None = None
+
+
+@dataclass
+class DeadLetter:
+    reason: str
+    payload: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class RecordWriter(Protocol):
+    def write(self, records: Sequence[AuditRecord]) -> WriteResult:
+        """Store `records`. Returns only once they are durable (SQLite: committed with a full
+        fsync; OpenSearch: acknowledged by the bulk API). Idempotent: a record whose
+        `record_id` is already stored counts as a duplicate and is left untouched. Raises a
+        retriable `AitrailError` when the backend is unavailable; then nothing or only part
+        of the batch may be stored, and writing the whole batch again is correct."""
+        ...
+
+
+class RecordReader(Protocol):
+    def get(self, tenant: str, record_id: str) -> AuditRecord | None:
+        """The record, or None when it is missing or belongs to another tenant."""
+        ...
+
+    def trace(self, tenant: str, trace_id: str) -> list[AuditRecord]:
+        """Every record of the trace for this tenant, ordered by start time then leaf order."""
+        ...
+
+    def search_answers(self, query: AnswerQuery) -> AnswerPage:
+        """Completions matching the query, newest first. `text` is full-text over question and
+        answer (English words, and Thai/Chinese/Japanese text by character bigrams); a span
+        and its log-event fragment count as one answer."""
+        ...
+
+    def costs(self, query: CostQuery) -> list[CostRow]:
+        """Tokens and cost of span-origin completions grouped as asked (log-event fragments
+        repeat their span's usage and are not counted)."""
+        ...
+
+
+class KeyStore(Protocol):
+    def create_key(self, tenant: str, role: Role) -> tuple[str, KeyInfo]:
+        """A new random key; only its hash is stored. Returns (plaintext key, info)."""
+        ...
+
+    def authenticate(self, key: str) -> Principal | None:
+        """The principal of a valid, unrevoked key, else None."""
+        ...
+
+    def list_keys(self, tenant: str | None = None) -> list[KeyInfo]: ...
+
+    def revoke_key(self, key_id: str) -> bool: ...
+
+
+class Store(RecordWriter, RecordReader, KeyStore, Protocol):
+    def ping(self) -> bool:
+        """True when the backend answers (readiness)."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,382 @@
+"""SqliteStore: the embedded backend (one file, WAL, FTS5).
+
+`records` holds every record as canonical JSON and refuses updates (a trigger). `answers` is
+derived data, one row per completion span, merging the span's record with the content its
+instrumentation sent as a log event; it is what `search_answers` and `costs` read and could
+be rebuilt from `records`.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+from aitrail.errors import BadRequest, Unavailable
+from aitrail.schemas.canonical import canonical_json, record_from_json
+from aitrail.schemas.record import AuditRecord, Kind
+
+from .base import (
+    COST_GROUPS,
+    Answer,
+    AnswerPage,
+    AnswerQuery,
+    CostQuery,
+    CostRow,
+    DeadLetter,
+    KeyInfo,
+    Principal,
+    Role,
+    WriteResult,
+)
+from .keys import hash_key, new_key
+from .text import index_terms, match_expression
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY,
+    record_id TEXT NOT NULL UNIQUE,
+    tenant TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    trace_id TEXT,
+    span_id TEXT,
+    start_time TEXT,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_trace ON records (tenant, trace_id);
+CREATE TRIGGER IF NOT EXISTS records_append_only BEFORE UPDATE ON records
+BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+
+CREATE TABLE IF NOT EXISTS answers (
+    id INTEGER PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    trace_id TEXT NOT NULL,
+    span_id TEXT NOT NULL,
+    record_id TEXT NOT NULL,
+    has_span INTEGER NOT NULL,
+    time TEXT,
+    question TEXT,
+    answer TEXT,
+    provider TEXT,
+    model TEXT,
+    request_model TEXT,
+    input_tokens INTEGER,
+    output_tokens INTEGER,
+    cost_e10 INTEGER,
+    cost_currency TEXT,
+    service TEXT,
+    user TEXT,
+    feature TEXT,
+    UNIQUE (tenant, trace_id, span_id)
+);
+CREATE INDEX IF NOT EXISTS answers_time ON answers (tenant, time);
+CREATE VIRTUAL TABLE IF NOT EXISTS answers_fts USING fts5 (
+    terms, tokenize = 'porter unicode61 remove_diacritics 2'
+);
+
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id TEXT PRIMARY KEY,
+    key_hash TEXT NOT NULL UNIQUE,
+    tenant TEXT NOT NULL,
+    role TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    revoked_at TEXT
+);
+
+CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    payload BLOB NOT NULL
+);
+"""
+
+# A field merges order-independently: the span's value wins when it has one.
+_MERGED = (
+    "time", "question", "answer", "provider", "model", "request_model", "input_tokens",
+    "output_tokens", "cost_e10", "cost_currency", "service", "user", "feature",
+)
+_UPSERT_ANSWER = (
+    "INSERT INTO answers (tenant, trace_id, span_id, record_id, has_span, " + ", ".join(_MERGED) + ") "
+    "VALUES (" + ", ".join("?" * (5 + len(_MERGED))) + ") "
+    "ON CONFLICT (tenant, trace_id, span_id) DO UPDATE SET "
+    "record_id = CASE WHEN excluded.has_span THEN excluded.record_id ELSE answers.record_id END, "
+    "has_span = max(answers.has_span, excluded.has_span), "
+    + ", ".join(
+        f"{f} = CASE WHEN excluded.has_span THEN coalesce(excluded.{f}, answers.{f}) "
+        f"ELSE coalesce(answers.{f}, excluded.{f}) END"
+        for f in _MERGED
+    )
+    + " RETURNING id, question, answer"
+)
+
+_E10 = Decimal(10) ** 10
+_GROUP_COLUMNS = {
+    "tenant": "tenant", "service": "service", "model": "coalesce(model, request_model)",
+    "user": "user", "feature": "feature", "provider": "provider", "day": "substr(time, 1, 10)",
+}
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")
+
+
+class SqliteStore:
+    """Store on one SQLite file. Thread-safe: one connection per thread, writes serialised."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        with self._write_lock:
+            self._conn().executescript(_SCHEMA)
+
+    @classmethod
+    def in_dir(cls, data_dir: Path) -> SqliteStore:
+        return cls(Path(data_dir) / "aitrail.db")
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")  # acknowledged means on disk
+            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute("PRAGMA cache_size = -65536")
+            self._local.conn = conn
+            self._connections.append(conn)
+        return conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._write_lock:
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    # -- RecordWriter -------------------------------------------------------------------
+
+    def write(self, records: Sequence[AuditRecord]) -> WriteResult:
+        if not records:
+            return WriteResult(0, 0)
+        try:
+            with self._transaction() as conn:
+                written = 0
+                for record in records:
+                    cursor = conn.execute(
+                        "INSERT OR IGNORE INTO records (record_id, tenant, kind, origin, trace_id, span_id, "
+                        "start_time, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            record.record_id, record.tenant, record.kind, record.origin, record.trace_id,
+                            record.span_id, record.start_time, canonical_json(record),
+                        ),
+                    )
+                    if cursor.rowcount == 1:
+                        written += 1
+                        if record.kind == Kind.COMPLETION and record.trace_id and record.span_id:
+                            self._index_answer(conn, record)
+        except sqlite3.OperationalError as exc:  # disk full, locked past the timeout, I/O error
+            raise Unavailable(f"SQLite store {self.path} could not write: {exc}") from exc
+        return WriteResult(written, len(records) - written)
+
+    @staticmethod
+    def _index_answer(conn: sqlite3.Connection, r: AuditRecord) -> None:
+        cost = r.cost
+        cost_e10 = int(cost.amount * _E10) if cost is not None and cost.amount is not None else None
+        row = conn.execute(
+            _UPSERT_ANSWER,
+            (
+                r.tenant, r.trace_id, r.span_id, r.record_id, int(r.origin == "span"),
+                r.start_time, r.question, r.answer, r.provider, r.response_model or r.request_model,
+                r.request_model, r.input_tokens, r.output_tokens, cost_e10,
+                cost.currency if cost is not None and cost.amount is not None else None,
+                r.service, r.user_pseudonym, r.feature,
+            ),
+        ).fetchone()
+        answer_id, question, answer = row
+        conn.execute("DELETE FROM answers_fts WHERE rowid = ?", (answer_id,))
+        text = " ".join(t for t in (question, answer) if t)
+        if text:
+            conn.execute("INSERT INTO answers_fts (rowid, terms) VALUES (?, ?)", (answer_id, index_terms(text)))
+
+    # -- RecordReader -------------------------------------------------------------------
+
+    def get(self, tenant: str, record_id: str) -> AuditRecord | None:
+        row = self._conn().execute(
+            "SELECT body FROM records WHERE record_id = ? AND tenant = ?", (record_id, tenant)
+        ).fetchone()
+        return record_from_json(row[0]) if row else None
+
+    def trace(self, tenant: str, trace_id: str) -> list[AuditRecord]:
+        rows = self._conn().execute(
+            "SELECT body FROM records WHERE tenant = ? AND trace_id = ? ORDER BY start_time, seq",
+            (tenant, trace_id),
+        ).fetchall()
+        return [record_from_json(body) for (body,) in rows]
+
+    def search_answers(self, query: AnswerQuery) -> AnswerPage:
+        where, params = ["a.tenant = ?"], [query.tenant]
+        if query.start is not None:
+            where.append("a.time >= ?")
+            params.append(query.start)
+        if query.end is not None:
+            where.append("a.time <= ?")
+            params.append(query.end)
+        for column, value in (("a.service", query.service), ("a.user", query.user)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if query.model is not None:
+            where.append("(a.model = ? OR a.request_model = ?)")
+            params += [query.model, query.model]
+        if query.text:
+            expression = match_expression(query.text)
+            if expression is None:
+                raise BadRequest("q has no searchable words")
+            where.append("a.id IN (SELECT rowid FROM answers_fts WHERE answers_fts MATCH ?)")
+            params.append(expression)
+        clause = " AND ".join(where)
+        conn = self._conn()
+        count = conn.execute(f"SELECT count(*) FROM answers a WHERE {clause}", params).fetchone()[0]
+        rows = conn.execute(
+            "SELECT record_id, trace_id, span_id, time, question, answer, provider, model, input_tokens, "
+            f"output_tokens, cost_e10, cost_currency, service, user FROM answers a WHERE {clause} "
+            "ORDER BY a.time DESC, a.id DESC LIMIT ? OFFSET ?",
+            [*params, query.limit, query.offset],
+        ).fetchall()
+        answers = [
+            Answer(
+                record_id=r[0], trace_id=r[1], span_id=r[2], time=r[3], question=r[4], answer=r[5],
+                provider=r[6], model=r[7], input_tokens=r[8], output_tokens=r[9],
+                cost_amount=None if r[10] is None else Decimal(r[10]) / _E10, cost_currency=r[11],
+                service=r[12], user=r[13],
+            )
+            for r in rows
+        ]
+        return AnswerPage(answers=answers, count=count)
+
+    def costs(self, query: CostQuery) -> list[CostRow]:
+        unknown = [g for g in query.group_by if g not in COST_GROUPS]
+        if unknown:
+            raise BadRequest(f"cannot group by {', '.join(unknown)}; choose from {', '.join(COST_GROUPS)}")
+        columns = [_GROUP_COLUMNS[g] for g in query.group_by]
+        where, params = ["tenant = ?", "has_span = 1"], [query.tenant]
+        if query.start is not None:
+            where.append("time >= ?")
+            params.append(query.start)
+        if query.end is not None:
+            where.append("time <= ?")
+            params.append(query.end)
+        select = ", ".join(f"{c} AS g{i}" for i, c in enumerate(columns)) or "NULL"
+        group = ", ".join(f"g{i}" for i in range(len(columns)))
+        sql = (
+            f"SELECT {select}, count(*), total(input_tokens), total(output_tokens), sum(cost_e10), "
+            "max(cost_currency), sum(cost_e10 IS NULL) "
+            f"FROM answers WHERE {' AND '.join(where)}"
+            + (f" GROUP BY {group} ORDER BY {group}" if group else "")
+        )
+        rows = []
+        for row in self._conn().execute(sql, params):
+            n = len(columns) or 1
+            calls, tokens_in, tokens_out, cost_e10, currency, unpriced = row[n:]
+            if calls == 0:
+                continue
+            rows.append(
+                CostRow(
+                    group=dict(zip(query.group_by, row[: len(columns)], strict=True)),
+                    calls=calls, input_tokens=int(tokens_in), output_tokens=int(tokens_out),
+                    cost=Decimal(cost_e10 or 0) / _E10, currency=currency, unpriced_calls=unpriced,
+                )
+            )
+        return rows
+
+    # -- KeyStore -----------------------------------------------------------------------
+
+    def create_key(self, tenant: str, role: Role) -> tuple[str, KeyInfo]:
+        key_id, key = new_key()
+        info = KeyInfo(key_id=key_id, tenant=tenant, role=Role(role), created_at=_now())
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO api_keys (key_id, key_hash, tenant, role, created_at) VALUES (?, ?, ?, ?, ?)",
+                (key_id, hash_key(key), tenant, info.role.value, info.created_at),
+            )
+        return key, info
+
+    def authenticate(self, key: str) -> Principal | None:
+        row = self._conn().execute(
+            "SELECT key_id, tenant, role FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
+            (hash_key(key),),
+        ).fetchone()
+        return Principal(key_id=row[0], tenant=row[1], role=Role(row[2])) if row else None
+
+    def list_keys(self, tenant: str | None = None) -> list[KeyInfo]:
+        sql = "SELECT key_id, tenant, role, created_at, revoked_at FROM api_keys"
+        params: tuple[str, ...] = ()
+        if tenant is not None:
+            sql += " WHERE tenant = ?"
+            params = (tenant,)
+        rows = self._conn().execute(sql + " ORDER BY created_at", params).fetchall()
+        return [KeyInfo(r[0], r[1], Role(r[2]), r[3], r[4]) for r in rows]
+
+    def revoke_key(self, key_id: str) -> bool:
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL", (_now(), key_id)
+            )
+        return cursor.rowcount == 1
+
+    # -- housekeeping -------------------------------------------------------------------
+
+    def secret(self, name: str) -> bytes:
+        """A random 32-byte secret kept in the store, created on first use (pseudonym key)."""
+        with self._transaction() as conn:
+            conn.execute("INSERT OR IGNORE INTO secrets (name, value) VALUES (?, ?)", (name, secrets.token_bytes(32)))
+            return conn.execute("SELECT value FROM secrets WHERE name = ?", (name,)).fetchone()[0]
+
+    def add_dead_letter(self, reason: str, payload: bytes, headers: dict[str, str]) -> None:
+        """Embedded mode's dead-letter topic: input we could not ingest, kept with the reason."""
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO dead_letters (at, reason, headers, payload) VALUES (?, ?, ?, ?)",
+                (_now(), reason, json.dumps(headers, sort_keys=True), payload),
+            )
+
+    def dead_letters(self) -> list[DeadLetter]:
+        rows = self._conn().execute("SELECT reason, payload, headers FROM dead_letters ORDER BY id").fetchall()
+        return [DeadLetter(reason=r[0], payload=r[1], headers=json.loads(r[2])) for r in rows]
+
+    def ping(self) -> bool:
+        try:
+            self._conn().execute("SELECT 1").fetchone()
+        except sqlite3.Error:
+            return False
+        return True
+
+    def count(self, tenant: str | None = None) -> int:
+        if tenant is None:
+            return self._conn().execute("SELECT count(*) FROM records").fetchone()[0]
+        return self._conn().execute("SELECT count(*) FROM records WHERE tenant = ?", (tenant,)).fetchone()[0]
+
+    def close(self) -> None:
+        for conn in self._connections:
+            conn.close()
+        self._connections.clear()
+        self._local = threading.local()
+

@@ -1,0 +1,168 @@
+"""The store contract: every backend passes these unchanged (fixture `store` in conftest)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from aitrail.errors import BadRequest
+from aitrail.schemas.canonical import canonical_json
+from aitrail.store.base import AnswerQuery, CostQuery, Role
+from tests.factories import completion, iso, retrieval
+
+
+def test_write_is_idempotent_and_append_only(store):
+    record = completion(trace=1)
+    assert store.write([record]).written == 1
+    altered = record.model_copy(update={"answer": "Refunds are never possible."})
+    result = store.write([record, altered])
+    assert (result.written, result.duplicates) == (0, 2)
+    assert canonical_json(store.get("acme", record.record_id)) == canonical_json(record)
+
+
+def test_get_round_trips_every_field(store):
+    record = retrieval(trace=2, parent=1, raw_attributes={"x.y": [1, 2], "nested": {"a": "b"}})
+    store.write([record])
+    assert store.get("acme", record.record_id) == record
+
+
+def test_other_tenant_is_indistinguishable_from_missing(store):
+    record = completion("acme", trace=3)
+    store.write([record])
+    assert store.get("globex", record.record_id) is None
+    assert store.get("acme", "0" * 32) is None
+    assert store.trace("globex", record.trace_id) == []
+    assert store.search_answers(AnswerQuery(tenant="globex")).count == 0
+    assert store.costs(CostQuery(tenant="globex")) == []
+
+
+def test_trace_returns_records_in_time_order(store):
+    answer = completion(trace=4, span=1, time=iso(24, 7, 30))
+    lookup = retrieval(trace=4, span=2, start_time=iso(24, 7, 29))
+    store.write([answer, lookup, completion(trace=5)])
+    assert [r.record_id for r in store.trace("acme", answer.trace_id)] == [lookup.record_id, answer.record_id]
+
+
+def test_answers_newest_first_with_total_count(store):
+    store.write([completion(trace=10 + i, time=iso(24, 7, i)) for i in range(5)])
+    page = store.search_answers(AnswerQuery(tenant="acme", limit=2))
+    assert page.count == 5
+    assert [a.time for a in page.answers] == [iso(24, 7, 4), iso(24, 7, 3)]
+    second = store.search_answers(AnswerQuery(tenant="acme", limit=2, offset=2))
+    assert [a.time for a in second.answers] == [iso(24, 7, 2), iso(24, 7, 1)]
+
+
+def test_answers_time_window_is_inclusive(store):
+    store.write([completion(trace=20 + m, time=iso(24, 7, m * 10)) for m in range(6)])
+    page = store.search_answers(AnswerQuery(tenant="acme", start=iso(24, 7, 10), end=iso(24, 7, 30)))
+    assert sorted(a.time for a in page.answers) == [iso(24, 7, 10), iso(24, 7, 20), iso(24, 7, 30)]
+
+
+@pytest.mark.parametrize(
+    ("question", "query"),
+    [
+        ("What is our refund policy for damaged items?", "refunds policy"),
+        ("นโยบายการคืนเงินสำหรับสินค้าที่เสียหายคืออะไร", "การคืนเงิน"),
+        ("返品ポリシーを教えてください", "返品ポリシー"),
+        ("我们的退款政策是什么", "退款政策"),
+    ],
+    ids=["english", "thai", "japanese", "chinese"],
+)
+def test_answers_full_text_in_four_languages(store, question, query):
+    wanted = completion(trace=30, question=question, answer="-")
+    store.write([wanted, completion(trace=31, question="How do I reset my password?", answer="Use the portal.")])
+    page = store.search_answers(AnswerQuery(tenant="acme", text=query))
+    assert [a.trace_id for a in page.answers] == [wanted.trace_id]
+    assert page.answers[0].question == question
+
+
+def test_answers_text_matches_the_answer_too(store):
+    store.write([completion(trace=32, answer="Damaged items are refunded within 30 days.")])
+    assert store.search_answers(AnswerQuery(tenant="acme", text="damaged")).count == 1
+    assert store.search_answers(AnswerQuery(tenant="acme", text="warranty")).count == 0
+
+
+def test_answers_filters(store):
+    store.write(
+        [
+            completion(trace=40, service="support-bot", user="u_alice", model="gpt-4o-mini"),
+            completion(trace=41, service="hr-assistant", user="u_bob", model="claude-3-5-sonnet"),
+        ]
+    )
+    by = lambda **kw: [a.trace_id for a in store.search_answers(AnswerQuery(tenant="acme", **kw)).answers]  # noqa: E731
+    assert by(service="hr-assistant") == [f"{41:032x}"]
+    assert by(user="u_alice") == [f"{40:032x}"]
+    assert by(model="claude-3-5-sonnet") == [f"{41:032x}"]
+
+
+def test_answer_fields(store):
+    store.write([completion(trace=42, cost="0.0000165")])
+    (answer,) = store.search_answers(AnswerQuery(tenant="acme")).answers
+    assert answer.cost_amount == Decimal("0.0000165")
+    assert (answer.cost_currency, answer.input_tokens, answer.output_tokens) == ("USD", 42, 17)
+    assert (answer.model, answer.provider, answer.user, answer.service) == (
+        "gpt-4o-mini", "openai", "u_alice", "support-bot",
+    )
+
+
+@pytest.mark.parametrize("log_first", [True, False])
+def test_log_event_content_merges_into_its_span(store, log_first):
+    span = completion(trace=50, question=None, answer=None, time=iso(24, 7, 30))
+    event = completion(
+        trace=50, origin="log", question="What is our refund policy?", answer="Within 30 days.",
+        time=iso(24, 7, 31), cost=None, user=None,
+    )
+    for record in ([event, span] if log_first else [span, event]):
+        store.write([record])
+    page = store.search_answers(AnswerQuery(tenant="acme", text="refund", user="u_alice"))
+    assert page.count == 1
+    (answer,) = page.answers
+    assert (answer.record_id, answer.time, answer.answer) == (span.record_id, iso(24, 7, 30), "Within 30 days.")
+    assert answer.cost_amount == Decimal("0.0000165")
+    assert {r.origin for r in store.trace("acme", span.trace_id)} == {"span", "log"}
+
+
+def test_empty_query_text_is_refused(store):
+    with pytest.raises(BadRequest):
+        store.search_answers(AnswerQuery(tenant="acme", text="  ?! "))
+
+
+def test_costs_grouped_and_exact(store):
+    store.write(
+        [
+            completion(trace=60, model="gpt-4o-mini", cost="0.0000165"),
+            completion(trace=61, model="gpt-4o-mini", cost="0.0000165"),
+            completion(trace=62, model="mystery-1", cost=None),
+            completion(trace=63, origin="log", model="gpt-4o-mini", cost="0.0000165"),  # repeats a span: not counted
+        ]
+    )
+    rows = {r.group["model"]: r for r in store.costs(CostQuery(tenant="acme", group_by=("model",)))}
+    assert rows["gpt-4o-mini"].cost == Decimal("0.000033")
+    assert (rows["gpt-4o-mini"].calls, rows["gpt-4o-mini"].input_tokens) == (2, 84)
+    assert (rows["mystery-1"].cost, rows["mystery-1"].unpriced_calls) == (Decimal(0), 1)
+    with pytest.raises(BadRequest):
+        store.costs(CostQuery(tenant="acme", group_by=("colour",)))
+
+
+def test_costs_by_day_within_range(store):
+    store.write([completion(trace=70, time=iso(23, 10)), completion(trace=71, time=iso(24, 10))])
+    rows = store.costs(CostQuery(tenant="acme", start=iso(24, 0), group_by=("day",)))
+    assert [(r.group["day"], r.calls) for r in rows] == [("2026-11-24", 1)]
+
+
+def test_keys(store):
+    key, info = store.create_key("acme", Role.AUDITOR)
+    principal = store.authenticate(key)
+    assert (principal.tenant, principal.role, principal.key_id) == ("acme", Role.AUDITOR, info.key_id)
+    assert store.authenticate(key + "x") is None
+    assert [k.key_id for k in store.list_keys("acme")] == [info.key_id]
+    assert store.list_keys("globex") == []
+    assert store.revoke_key(info.key_id) is True
+    assert store.authenticate(key) is None
+    assert store.revoke_key(info.key_id) is False
+
+
+def test_secret_is_stable(store):
+    assert store.secret("pseudonym") == store.secret("pseudonym")
+    assert len(store.secret("pseudonym")) == 32
