@@ -29,6 +29,11 @@ class PayloadTooLarge(AitrailError):
     code = "payload_too_large"
 
 
+class UnsupportedMediaType(AitrailError):
+    status = 415
+    code = "unsupported_media_type"
+
+
 class Unauthorized(AitrailError):
     status = 401
     code = "unauthorized"

@@ -32,8 +32,9 @@ class OpenSearchSettings(BaseModel):
 
 class CollectorSettings(BaseModel):
     default_tenant: str = Field("default", description="Tenant for messages without an aitrail-tenant header.")
-    batch_max_spans: int = Field(2000, gt=0, description="Largest batch written to the store at once.")
-    batch_max_wait_ms: int = Field(200, ge=0, description="Longest wait to fill a batch.")
+    batch_max_messages: int = Field(500, gt=0, description="Most OTLP payloads handled as one batch.")
+    batch_max_wait_ms: int = Field(200, ge=0, description="Longest wait for Kafka to fill a batch.")
+    http_port: int = Field(8081, ge=0, le=65535, description="The collector's /metrics, /healthz and /readyz.")
 
 
 class IngestSettings(BaseModel):

@@ -112,6 +112,11 @@ class AuditRecord(_Model):
     span_name: str | None = None
     operation: str | None = Field(default=None, description="gen_ai.operation.name or the convention's span kind.")
     feature: str | None = Field(default=None, description="aitrail.feature: the product feature this call served.")
+    agent_name: str | None = Field(default=None, description="gen_ai.agent.name / OpenInference agent.name.")
+    agent_id: str | None = Field(default=None, description="gen_ai.agent.id.")
+    workflow_name: str | None = Field(
+        default=None, description="gen_ai.workflow.name / traceloop.workflow.name: the workflow this step ran in."
+    )
     # time
     start_time: str | None = None
     end_time: str | None = None
@@ -138,9 +143,15 @@ class AuditRecord(_Model):
     template_id: str | None = None
     template_version: str | None = None
     template_variables: dict[str, Any] | None = None
+    template_text: str | None = Field(
+        default=None, description="The prompt template itself (OpenInference llm.prompt_template.template)."
+    )
     tool_name: str | None = None
     tool_arguments: str | None = None
     tool_result: str | None = None
+    tool_call_id: str | None = Field(
+        default=None, description="gen_ai.tool.call.id: links a tool run to the model's tool call."
+    )
     # retrieval
     query_text: str | None = None
     documents: list[Document] = Field(default_factory=list)
@@ -155,6 +166,8 @@ class AuditRecord(_Model):
     # evaluation / feedback
     score: float | None = None
     label: str | None = None
+    evaluation_name: str | None = Field(default=None, description="gen_ai.evaluation.name: what score/label measure.")
+    evaluation_explanation: str | None = Field(default=None, description="gen_ai.evaluation.explanation.")
     # outcome
     status: Status = Status.UNSET
     error_type: str | None = None
@@ -174,6 +187,10 @@ class AuditRecord(_Model):
     leaf_index: int | None = None
     leaf_hash: str | None = None
     content_commitment: str | None = None
+    content_salt: str | None = Field(
+        default=None, description="Hex salt of content_commitment; dropped (with the content) on erasure."
+    )
+    erased_at: str | None = Field(default=None, description="When the content was erased; the leaf still verifies.")
 
 
 def record_id_for(tenant: str, trace_id: str, span_id: str, kind: str, origin: str = Origin.SPAN) -> str:

@@ -22,3 +22,15 @@ def store(request, tmp_path):
     instance = BACKENDS[request.param](tmp_path)
     yield instance
     instance.close()
+
+
+@pytest.fixture(scope="session")
+def services():
+    """Real Kafka and OpenSearch (see tests/services.py). Started once per session; the
+    native ones are left running for the next session (`make services-down` stops them)."""
+    from tests.services import start_services
+
+    endpoints, stoppers = start_services()
+    yield endpoints
+    for stop in stoppers:
+        stop()

@@ -74,12 +74,22 @@ CREATE TABLE IF NOT EXISTS answers (
     service TEXT,
     user TEXT,
     feature TEXT,
+    terms TEXT,  -- question and answer as search terms (see aitrail.store.text)
     UNIQUE (tenant, trace_id, span_id)
 );
 CREATE INDEX IF NOT EXISTS answers_time ON answers (tenant, time);
 CREATE VIRTUAL TABLE IF NOT EXISTS answers_fts USING fts5 (
-    terms, tokenize = 'porter unicode61 remove_diacritics 2'
+    terms, content = '', tokenize = 'porter unicode61 remove_diacritics 2'
 );
+-- The index follows `answers` inside SQLite, so a batch costs one statement per table.
+CREATE TRIGGER IF NOT EXISTS answers_fts_insert AFTER INSERT ON answers WHEN new.terms IS NOT NULL
+BEGIN INSERT INTO answers_fts (rowid, terms) VALUES (new.id, new.terms); END;
+CREATE TRIGGER IF NOT EXISTS answers_fts_update AFTER UPDATE OF terms ON answers
+    WHEN new.terms IS NOT old.terms
+BEGIN
+    INSERT INTO answers_fts (answers_fts, rowid, terms) SELECT 'delete', old.id, old.terms WHERE old.terms IS NOT NULL;
+    INSERT INTO answers_fts (rowid, terms) SELECT new.id, new.terms WHERE new.terms IS NOT NULL;
+END;
 
 CREATE TABLE IF NOT EXISTS api_keys (
     key_id TEXT PRIMARY KEY,
@@ -104,7 +114,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 # A field merges order-independently: the span's value wins when it has one.
 _MERGED = (
     "time", "question", "answer", "provider", "model", "request_model", "input_tokens",
-    "output_tokens", "cost_e10", "cost_currency", "service", "user", "feature",
+    "output_tokens", "cost_e10", "cost_currency", "service", "user", "feature", "terms",
 )
 _UPSERT_ANSWER = (
     "INSERT INTO answers (tenant, trace_id, span_id, record_id, has_span, " + ", ".join(_MERGED) + ") "
@@ -117,14 +127,34 @@ _UPSERT_ANSWER = (
         f"ELSE coalesce(answers.{f}, excluded.{f}) END"
         for f in _MERGED
     )
-    + " RETURNING id, question, answer"
+)
+_INSERT_RECORD = (
+    "INSERT OR IGNORE INTO records (record_id, tenant, kind, origin, trace_id, span_id, start_time, body) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
-_E10 = Decimal(10) ** 10
 _GROUP_COLUMNS = {
     "tenant": "tenant", "service": "service", "model": "coalesce(model, request_model)",
     "user": "user", "feature": "feature", "provider": "provider", "day": "substr(time, 1, 10)",
 }
+
+
+def _answer_row(r: AuditRecord) -> tuple:
+    cost = r.cost
+    priced = cost is not None and cost.amount is not None
+    text = " ".join(t for t in (r.question, r.answer) if t)
+    return (
+        r.tenant, r.trace_id, r.span_id, r.record_id, int(r.origin == "span"),
+        r.start_time, r.question, r.answer, r.provider, r.response_model or r.request_model,
+        r.request_model, r.input_tokens, r.output_tokens, int(cost.amount.scaleb(10)) if priced else None,
+        cost.currency if priced else None, r.service, r.user_pseudonym, r.feature, index_terms(text) if text else None,
+    )
+
+
+def _from_e10(value: int) -> Decimal:
+    """Exact, with ten decimal places as the cost module writes them."""
+    whole, fraction = divmod(abs(value), 10**10)
+    return Decimal(f"{'-' if value < 0 else ''}{whole}.{fraction:010d}")
 
 
 def _now() -> str:
@@ -178,43 +208,37 @@ class SqliteStore:
             return WriteResult(0, 0)
         try:
             with self._transaction() as conn:
-                written = 0
-                for record in records:
-                    cursor = conn.execute(
-                        "INSERT OR IGNORE INTO records (record_id, tenant, kind, origin, trace_id, span_id, "
-                        "start_time, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            record.record_id, record.tenant, record.kind, record.origin, record.trace_id,
-                            record.span_id, record.start_time, canonical_json(record),
-                        ),
-                    )
-                    if cursor.rowcount == 1:
-                        written += 1
-                        if record.kind == Kind.COMPLETION and record.trace_id and record.span_id:
-                            self._index_answer(conn, record)
+                fresh = self._fresh(conn, records)
+                conn.executemany(
+                    _INSERT_RECORD,
+                    [
+                        (r.record_id, r.tenant, r.kind, r.origin, r.trace_id, r.span_id, r.start_time, canonical_json(r))
+                        for r in fresh
+                    ],
+                )
+                conn.executemany(
+                    _UPSERT_ANSWER,
+                    [_answer_row(r) for r in fresh if r.kind == Kind.COMPLETION and r.trace_id and r.span_id],
+                )
         except sqlite3.OperationalError as exc:  # disk full, locked past the timeout, I/O error
             raise Unavailable(f"SQLite store {self.path} could not write: {exc}") from exc
-        return WriteResult(written, len(records) - written)
+        return WriteResult(len(fresh), len(records) - len(fresh))
 
     @staticmethod
-    def _index_answer(conn: sqlite3.Connection, r: AuditRecord) -> None:
-        cost = r.cost
-        cost_e10 = int(cost.amount * _E10) if cost is not None and cost.amount is not None else None
-        row = conn.execute(
-            _UPSERT_ANSWER,
-            (
-                r.tenant, r.trace_id, r.span_id, r.record_id, int(r.origin == "span"),
-                r.start_time, r.question, r.answer, r.provider, r.response_model or r.request_model,
-                r.request_model, r.input_tokens, r.output_tokens, cost_e10,
-                cost.currency if cost is not None and cost.amount is not None else None,
-                r.service, r.user_pseudonym, r.feature,
-            ),
-        ).fetchone()
-        answer_id, question, answer = row
-        conn.execute("DELETE FROM answers_fts WHERE rowid = ?", (answer_id,))
-        text = " ".join(t for t in (question, answer) if t)
-        if text:
-            conn.execute("INSERT INTO answers_fts (rowid, terms) VALUES (?, ?)", (answer_id, index_terms(text)))
+    def _fresh(conn: sqlite3.Connection, records: Sequence[AuditRecord]) -> list[AuditRecord]:
+        """The records not stored yet, each once."""
+        ids = list({r.record_id for r in records})
+        stored: set[str] = set()
+        for first in range(0, len(ids), 500):
+            chunk = ids[first : first + 500]
+            marks = ", ".join("?" * len(chunk))
+            stored.update(row[0] for row in conn.execute(f"SELECT record_id FROM records WHERE record_id IN ({marks})", chunk))
+        fresh = []
+        for record in records:
+            if record.record_id not in stored:
+                stored.add(record.record_id)
+                fresh.append(record)
+        return fresh
 
     # -- RecordReader -------------------------------------------------------------------
 
@@ -265,7 +289,7 @@ class SqliteStore:
             Answer(
                 record_id=r[0], trace_id=r[1], span_id=r[2], time=r[3], question=r[4], answer=r[5],
                 provider=r[6], model=r[7], input_tokens=r[8], output_tokens=r[9],
-                cost_amount=None if r[10] is None else Decimal(r[10]) / _E10, cost_currency=r[11],
+                cost_amount=None if r[10] is None else _from_e10(r[10]), cost_currency=r[11],
                 service=r[12], user=r[13],
             )
             for r in rows
@@ -302,7 +326,7 @@ class SqliteStore:
                 CostRow(
                     group=dict(zip(query.group_by, row[: len(columns)], strict=True)),
                     calls=calls, input_tokens=int(tokens_in), output_tokens=int(tokens_out),
-                    cost=Decimal(cost_e10 or 0) / _E10, currency=currency, unpriced_calls=unpriced,
+                    cost=_from_e10(cost_e10 or 0), currency=currency, unpriced_calls=unpriced,
                 )
             )
         return rows

@@ -20,14 +20,22 @@ _WORD = re.compile(r"\w+")
 # Thai/Lao combining marks and other spacing-insensitive signs stay inside runs.
 
 
+class _Codes(dict):
+    """Code point → seven decimal digits, memoised; used with str.translate (runs in C)."""
+
+    def __missing__(self, key: int) -> str:
+        value = self[key] = f"{key:07d}"
+        return value
+
+
+_CODES = _Codes()
+
+
 def _bigrams(run: str) -> list[str]:
+    coded = run.translate(_CODES)
     if len(run) == 1:
-        return ["zq" + _code(run)]
-    return ["zq" + _code(run[i : i + 2]) for i in range(len(run) - 1)]
-
-
-def _code(chars: str) -> str:
-    return "x".join(str(ord(c)) for c in chars)
+        return ["zq" + coded]
+    return ["zq" + coded[i : i + 14] for i in range(0, 7 * (len(run) - 1), 7)]
 
 
 def index_terms(text: str) -> str:

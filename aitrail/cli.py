@@ -1,0 +1,333 @@
+"""The `aitrail` command. Settings are built once here and passed down."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import AitrailError
+from .settings import Settings, load_settings
+
+log = logging.getLogger("aitrail")
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML settings file (AITRAIL_* variables override it)")
+    parser.add_argument("--data-dir", type=Path, help="embedded data folder (default ./aitrail-data)")
+
+
+def _servers(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {
+        name: getattr(args, name, None)
+        for name in ("data_dir", "host", "otlp_http_port", "otlp_grpc_port", "api_port")
+    }
+    return load_settings(args.config, **overrides)
+
+
+def _configure_logging(settings: Settings, *, service: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if service and settings.log_format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level.upper())
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
+            "logger": record.name, "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def _cli_principal(tenant: str):
+    from .store.base import Principal, Role
+
+    return Principal(key_id="cli", tenant=tenant, role=Role.AUDITOR)
+
+
+def _query_service(settings: Settings):
+    from .collector.pipeline import hmac_pseudonymiser
+    from .query_api.service import QueryService
+    from .store import open_store
+
+    store = open_store(settings)
+    return QueryService(store, pseudonymise=hmac_pseudonymiser(store.secret("pseudonym")))
+
+
+async def _run_until_signal(run) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await run(stop)
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _configure_logging(settings, service=True)
+    from .embedded import embedded
+
+    async def run(stop: asyncio.Event) -> None:
+        async with embedded(settings) as (store, ports):
+            base = f"http://{settings.host}:{ports.api}"
+            log.info(
+                "aitrail %s serving: OTLP http://%s:%d (HTTP) and %s:%d (gRPC); API and page %s; data in %s",
+                __version__, settings.host, ports.otlp_http, settings.host, ports.otlp_grpc, base,
+                settings.data_dir.resolve(),
+            )
+            if args.demo:
+                await asyncio.to_thread(_demo, store, settings, ports, base)
+            await stop.wait()
+            log.info("stopping")
+
+    asyncio.run(_run_until_signal(run))
+    return 0
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _configure_logging(settings, service=True)
+    from .scaleout import gateway
+
+    async def run(stop: asyncio.Event) -> None:
+        async with gateway(settings) as ports:
+            log.info(
+                "aitrail gateway %s: OTLP %s:%d (HTTP) and %s:%d (gRPC) → Kafka %s topic %s", __version__,
+                settings.host, ports.otlp_http, settings.host, ports.otlp_grpc, settings.kafka.bootstrap_servers,
+                settings.kafka.topic,
+            )
+            await stop.wait()
+            log.info("stopping")
+
+    asyncio.run(_run_until_signal(run))
+    return 0
+
+
+def cmd_collector(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _configure_logging(settings, service=True)
+    from .scaleout import collector
+
+    async def run(stop: asyncio.Event) -> None:
+        async with collector(settings) as drain:
+            await stop.wait()
+            log.info("stopping: finishing the batch in flight and committing")
+            await drain()
+
+    asyncio.run(_run_until_signal(run))
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _configure_logging(settings, service=True)
+    from .scaleout import api
+
+    async def run(stop: asyncio.Event) -> None:
+        async with api(settings) as port:
+            backend = settings.opensearch.url or f"SQLite in {settings.data_dir.resolve()}"
+            log.info("aitrail api %s on http://%s:%d over %s", __version__, settings.host, port, backend)
+            await stop.wait()
+
+    asyncio.run(_run_until_signal(run))
+    return 0
+
+
+def _demo(store, settings: Settings, ports, base: str) -> None:
+    from .demo import send_sample_traffic
+    from .store.base import Role
+
+    tenant = settings.collector.default_tenant
+    ingest_key, _ = store.create_key(tenant, Role.INGEST)
+    auditor_key, _ = store.create_key(tenant, Role.AUDITOR)
+    summary = send_sample_traffic(f"http://{settings.host}:{ports.otlp_http}", ingest_key)
+    print(
+        f"\nSent {summary.traces} sample traces to tenant '{tenant}'.\n"
+        f"Auditor key: {auditor_key}\n\nTry:\n"
+        f"  curl -s -H 'Authorization: Bearer {auditor_key}' "
+        f"'{base}/v1/answers?q=refund+policy&at=last+Tuesday+14:30&tz=Asia/Bangkok&window=2h'\n"
+        f"  curl -s -H 'Authorization: Bearer {auditor_key}' '{base}/v1/traces/{summary.example_trace_id}'\n"
+        f"  aitrail answers --q 'refund policy' --at 'last Tuesday 14:30' --tz Asia/Bangkok --window 2h\n"
+        f"or open {base}/ and paste the key.\n",
+        flush=True,
+    )
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from .store import open_store
+    from .store.base import Role
+
+    settings = _settings(args)
+    store = open_store(settings)
+    try:
+        if args.keys_command == "create":
+            key, _ = store.create_key(args.tenant, Role(args.role))
+            print(key)
+        elif args.keys_command == "list":
+            for info in store.list_keys(args.tenant):
+                state = f"revoked {info.revoked_at}" if info.revoked_at else "active"
+                print(f"{info.key_id}\t{info.tenant}\t{info.role}\t{info.created_at}\t{state}")
+        elif args.keys_command == "revoke":
+            if not store.revoke_key(args.key_id):
+                raise AitrailError(f"no active key with id {args.key_id}")
+            print(f"revoked {args.key_id}", file=sys.stderr)
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_answers(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    queries = _query_service(settings)
+    result = queries.answers(
+        _cli_principal(args.tenant or settings.collector.default_tenant), q=args.q, at=args.at, tz=args.tz,
+        window=args.window, user=args.user, service=args.service, model=args.model, limit=args.limit,
+    )
+    if args.json:
+        print(result.model_dump_json(indent=2))
+        return 0
+    from .cli_render import render_answers
+
+    render_answers(result, args.tz)
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    queries = _query_service(settings)
+    result = queries.trace(_cli_principal(args.tenant or settings.collector.default_tenant), args.trace_id)
+    if args.json:
+        print(result.model_dump_json(indent=2))
+        return 0
+    from .cli_render import render_replay
+
+    render_replay(result, args.tz)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import send_sample_traffic
+
+    summary = send_sample_traffic(args.endpoint, args.api_key, traces=args.traces)
+    print(f"sent {summary.traces} traces; example trace {summary.example_trace_id}")
+    return 0
+
+
+# -- parser ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aitrail", description="Flight recorder for AI systems.")
+    parser.add_argument("--version", action="version", version=f"aitrail {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="embedded all-in-one: OTLP receivers, store, API and page")
+    _common(serve)
+    _servers(serve)
+    serve.add_argument("--otlp-http-port", type=int, help="OTLP/HTTP port (default 4318)")
+    serve.add_argument("--otlp-grpc-port", type=int, help="OTLP/gRPC port (default 4317)")
+    serve.add_argument("--api-port", type=int, help="query API and web page port (default 8080)")
+    serve.add_argument("--demo", action="store_true", help="send sample traffic once started and print a key")
+    serve.set_defaults(func=cmd_serve)
+
+    gateway = commands.add_parser("gateway", help="OTLP receivers (HTTP and gRPC) → Kafka")
+    _common(gateway)
+    _servers(gateway)
+    gateway.add_argument("--otlp-http-port", type=int, help="OTLP/HTTP port (default 4318)")
+    gateway.add_argument("--otlp-grpc-port", type=int, help="OTLP/gRPC port (default 4317)")
+    gateway.set_defaults(func=cmd_gateway)
+
+    collector = commands.add_parser("collector", help="Kafka → normalise → OpenSearch")
+    _common(collector)
+    _servers(collector)
+    collector.set_defaults(func=cmd_collector)
+
+    api = commands.add_parser("api", help="query API and web page over OpenSearch (or the embedded store)")
+    _common(api)
+    _servers(api)
+    api.add_argument("--api-port", type=int, help="port (default 8080)")
+    api.set_defaults(func=cmd_api)
+
+    answers = commands.add_parser("answers", help="find past answers")
+    _common(answers)
+    answers.add_argument("--q", help="words of the question or answer")
+    answers.add_argument("--at", help="ISO 8601 or plain language, e.g. 'last Tuesday 14:30'")
+    answers.add_argument("--tz", help="IANA time zone for --at and the output (default UTC)")
+    answers.add_argument("--window", help="half-width around --at (default 15m)")
+    answers.add_argument("--user", help="user id or pseudonym")
+    answers.add_argument("--service")
+    answers.add_argument("--model")
+    answers.add_argument("--tenant", help="tenant to read (default: the collector's default tenant)")
+    answers.add_argument("--limit", type=int, default=20)
+    answers.add_argument("--json", action="store_true", help="print the API's JSON")
+    answers.set_defaults(func=cmd_answers)
+
+    replay = commands.add_parser("replay", help="print the full reconstruction of one answer")
+    _common(replay)
+    replay.add_argument("trace_id")
+    replay.add_argument("--tenant", help="tenant to read (default: the collector's default tenant)")
+    replay.add_argument("--tz", help="IANA time zone for the timeline (default UTC)")
+    replay.add_argument("--json", action="store_true", help="print the API's JSON")
+    replay.set_defaults(func=cmd_replay)
+
+    keys = commands.add_parser("keys", help="ingest and API keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    create = key_commands.add_parser("create", help="create a key and print it, alone, on stdout")
+    _common(create)
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--role", required=True, choices=["ingest", "auditor", "analyst", "admin"])
+    listing = key_commands.add_parser("list", help="list keys (never their secrets)")
+    _common(listing)
+    listing.add_argument("--tenant")
+    revoke = key_commands.add_parser("revoke", help="revoke a key by its id")
+    _common(revoke)
+    revoke.add_argument("key_id")
+    keys.set_defaults(func=cmd_keys)
+
+    demo = commands.add_parser("demo", help="send sample RAG traffic to a running aitrail")
+    demo.add_argument("--endpoint", default="http://127.0.0.1:4318", help="OTLP/HTTP base URL")
+    demo.add_argument("--api-key", required=True, help="an ingest key")
+    demo.add_argument("--traces", type=int, default=60)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except AitrailError as exc:
+        print(f"aitrail: {exc.message}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"aitrail: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

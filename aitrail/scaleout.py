@@ -1,0 +1,190 @@
+"""The production pipeline's processes: `aitrail gateway` (OTLP → Kafka), `aitrail collector`
+(Kafka → OpenSearch) and `aitrail api` (query API over the configured store).
+
+Each is an async context manager that runs until its context exits, like `embedded()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from aitrail import __version__
+from aitrail.bus.kafka import KafkaBus
+from aitrail.collector.cost import PriceTable
+from aitrail.collector.pipeline import BatchResult, Pipeline, hmac_pseudonymiser, pricer_for, run_collector
+from aitrail.embedded import listen, serve_app
+from aitrail.errors import AitrailError, Unavailable
+from aitrail.gateway.grpc import otlp_grpc_server
+from aitrail.gateway.http import otlp_http_app
+from aitrail.gateway.ingest import IngestAuth, ingest_split_by_trace
+from aitrail.metrics import CONTENT_TYPE_LATEST, Metrics
+from aitrail.query_api.app import create_app
+from aitrail.settings import Settings
+from aitrail.store import open_store
+from aitrail.store.base import WriteResult
+
+log = logging.getLogger(__name__)
+
+# Room for the record batch framing and headers Kafka adds around our value.
+KAFKA_MESSAGE_OVERHEAD = 4096
+
+
+def operations_routes(metrics: Metrics, ready: Callable[[], Awaitable[str | None]]) -> list[Route]:
+    """/healthz (the process runs), /readyz (its dependencies answer), /metrics (Prometheus).
+    `ready()` returns None when ready, else what is missing."""
+
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    async def readyz(request: Request) -> JSONResponse:
+        problem = await ready()
+        if problem is None:
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "not ready", "reason": problem}, status_code=503)
+
+    async def prometheus(request: Request) -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return [Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", prometheus)]
+
+
+async def _retry_start(what: str, start: Callable[[], Awaitable], deadline_s: float = 60.0):
+    """Dependencies may come up after us (compose, systemd): retry for a while, then fail
+    with the reason."""
+    give_up = time.monotonic() + deadline_s
+    while True:
+        try:
+            return await start()
+        except AitrailError as exc:
+            if time.monotonic() > give_up:
+                raise Unavailable(f"{what} still unavailable after {deadline_s:.0f} s: {exc.message}") from exc
+            log.warning("%s unavailable, retrying: %s", what, exc.message)
+            await asyncio.sleep(2)
+
+
+@dataclass
+class GatewayPorts:
+    otlp_http: int
+    otlp_grpc: int
+
+
+@contextlib.asynccontextmanager
+async def gateway(settings: Settings) -> AsyncIterator[GatewayPorts]:
+    """OTLP receivers whose requests are answered only once Kafka acknowledged them."""
+    async with contextlib.AsyncExitStack() as stack:
+        store = open_store(settings)  # ingest keys
+        stack.callback(store.close)
+        metrics = Metrics()
+        bus = await _retry_start("Kafka", lambda: KafkaBus(settings.kafka, produce=True).__aenter__())
+        stack.push_async_callback(bus.close)
+
+        async def ready() -> str | None:
+            return None if await bus.ping() else f"Kafka at {settings.kafka.bootstrap_servers} does not answer"
+
+        ingest = ingest_split_by_trace(bus, settings.kafka.max_message_bytes - KAFKA_MESSAGE_OVERHEAD)
+        auth = IngestAuth(store.authenticate, required=settings.ingest.require_auth,
+                          anonymous_tenant=settings.collector.default_tenant)
+        http_sock = listen(settings.host, settings.otlp_http_port)
+        app = otlp_http_app(
+            ingest, auth, max_body_bytes=settings.ingest.max_body_bytes, metrics=metrics,
+            extra_routes=operations_routes(metrics, ready),
+        )
+        await serve_app(app, http_sock, stack)
+        grpc_server, grpc_port = otlp_grpc_server(
+            ingest, auth, host=settings.host, port=settings.otlp_grpc_port,
+            max_body_bytes=settings.ingest.max_body_bytes, metrics=metrics,
+        )
+        await grpc_server.start()
+        stack.push_async_callback(grpc_server.stop, 5)
+        yield GatewayPorts(otlp_http=http_sock.getsockname()[1], otlp_grpc=grpc_port)
+
+
+@contextlib.asynccontextmanager
+async def collector(settings: Settings, *, store=None) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """Kafka → normalise → OpenSearch. Yields `drain()`: stop taking batches, finish and
+    commit the ones in flight, and return (what SIGTERM does)."""
+    async with contextlib.AsyncExitStack() as stack:
+        if store is None:
+            store = open_store(settings)
+            stack.callback(store.close)
+        metrics = Metrics()
+        prices = PriceTable.load(settings.prices_file)
+        pipeline = Pipeline(
+            default_tenant=settings.collector.default_tenant, pricer=pricer_for(prices),
+            pseudonymise=hmac_pseudonymiser(store.secret("pseudonym")),
+        )
+        bus = KafkaBus(
+            settings.kafka, produce=True, consume=True, max_batch=settings.collector.batch_max_messages,
+            fetch_wait_ms=settings.collector.batch_max_wait_ms,
+        )
+        await _retry_start("Kafka", bus.__aenter__)
+        stack.push_async_callback(bus.close)
+
+        def written(result: BatchResult, stored: WriteResult, seconds: float) -> None:
+            metrics.write_seconds.observe(seconds)
+            metrics.records_written.inc(stored.written)
+            metrics.records_duplicate.inc(stored.duplicates)
+
+        def dead(reason: str) -> None:
+            metrics.dead_letters.inc()
+
+        task = asyncio.create_task(
+            run_collector(bus.batches(), pipeline, store, on_written=written, on_retry=metrics.store_retries.inc,
+                          on_dead_letter=dead)
+        )
+
+        async def ready() -> str | None:
+            if not await bus.ping():
+                return f"Kafka at {settings.kafka.bootstrap_servers} does not answer"
+            if not await asyncio.to_thread(store.ping):
+                return "the store does not answer"
+            return None
+
+        async def watch_lag() -> None:
+            while True:
+                for tp, lag in (await bus.lag()).items():
+                    metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+                await asyncio.sleep(5)
+
+        lag_task = asyncio.create_task(watch_lag())
+        ops = Starlette(routes=operations_routes(metrics, ready))
+        await serve_app(ops, listen(settings.host, settings.collector.http_port), stack)
+
+        async def drain() -> None:
+            bus.stop()
+            await task
+
+        async def stop() -> None:
+            lag_task.cancel()
+            if not task.done():
+                bus.stop()
+                try:
+                    await asyncio.wait_for(task, 60)
+                except TimeoutError:
+                    log.error("collector did not drain within 60 s; uncommitted batches will be delivered again")
+
+        stack.push_async_callback(stop)
+        log.info("collector %s consuming %s from %s", __version__, settings.kafka.topic, settings.kafka.bootstrap_servers)
+        yield drain
+
+
+@contextlib.asynccontextmanager
+async def api(settings: Settings) -> AsyncIterator[int]:
+    """The query API and web page over the configured store; yields the bound port."""
+    async with contextlib.AsyncExitStack() as stack:
+        store = open_store(settings)
+        stack.callback(store.close)
+        app = create_app(store, pseudonymise=hmac_pseudonymiser(store.secret("pseudonym")))
+        sock = listen(settings.host, settings.api_port)
+        await serve_app(app, sock, stack)
+        yield sock.getsockname()[1]

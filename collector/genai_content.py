@@ -1,0 +1,535 @@
+"""Chat messages and retrieved documents, from every shape the GenAI conventions send.
+
+Input is already plain Python (see `otlp_values`); output is dicts shaped like
+`aitrail.schemas.record.Message` / `Document`, ready for one `model_validate` of the record.
+
+Message shapes understood:
+
+- OpenTelemetry GenAI "parts" messages (`gen_ai.input.messages` / `gen_ai.output.messages`,
+  JSON string or structured): `{"role", "parts": [{"type": "text", "content"}, {"type":
+  "tool_call", ...}, ...], "finish_reason"?, "name"?}`;
+- OpenAI-style messages (`{"role", "content": str | [blocks], "tool_calls", "tool_call_id",
+  "name"}`), as in OpenInference `input.value`, the older `gen_ai.prompt` JSON and the
+  older per-message events;
+- choices (`{"index", "finish_reason", "message": {...}}`: the `gen_ai.choice` event, OpenAI
+  responses);
+- flat indexed attributes after un-flattening: `gen_ai.prompt.N.*` / `gen_ai.completion.N.*`
+  (older GenAI / OpenLLMetry) and `llm.input_messages.N.message.*` (OpenInference).
+
+`content` holds the message text (text parts joined by a newline); `parts` keeps the
+structured parts as sent whenever any part is not plain text, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+
+_TEXT_PART_TYPES = frozenset(("text", "input_text", "output_text"))
+_SYSTEM_ROLES = frozenset(("system", "developer"))
+_ASSISTANT_ROLES = frozenset(("assistant", "model", "ai", "bot"))
+
+
+# --- small coercions -------------------------------------------------------------------
+
+
+def loads_maybe(value: Any) -> Any:
+    """JSON text → Python; anything else (or text that is not JSON) unchanged."""
+    if isinstance(value, str) and value[:1] in ("[", "{"):
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return value
+    return value
+
+
+def to_text(value: Any) -> str | None:
+    """Any attribute value as text: strings as they are, structured values as compact JSON."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return str(value)
+
+
+def to_int(value: Any) -> int | None:
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    try:
+        return int(float(value))
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def to_float(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if f == f and f not in (float("inf"), float("-inf")) else None
+
+
+def to_str_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        parsed = loads_maybe(value)
+        if isinstance(parsed, list):
+            value = parsed
+        else:
+            return [s.strip() for s in value.split(",") if s.strip()]
+    if isinstance(value, (list, tuple)):
+        return [v if isinstance(v, str) else to_text(v) or "" for v in value if v is not None]
+    return [to_text(value) or ""]
+
+
+# --- un-flattening indexed attributes --------------------------------------------------
+
+
+def add_indexed(store: dict[int, dict[str, Any]], rest: str, value: Any) -> bool:
+    """`"3.message.role"` → `store[3]["message.role"] = value`. False if `rest` has no index."""
+    idx, _, sub = rest.partition(".")
+    if not idx.isdigit() or not sub:
+        return False
+    store.setdefault(int(idx), {})[sub] = value
+    return True
+
+
+def unflatten(flat: dict[str, Any], prefix: str) -> dict[int, dict[str, Any]]:
+    """Sub-keys `prefix.N.rest` of one flat dict, grouped by N."""
+    out: dict[int, dict[str, Any]] = {}
+    n = len(prefix)
+    for key, value in flat.items():
+        if key.startswith(prefix):
+            add_indexed(out, key[n:], value)
+    return out
+
+
+# --- messages ---------------------------------------------------------------------------
+
+
+def _tool_call(call: Any) -> dict[str, Any] | None:
+    if not isinstance(call, dict):
+        return None
+    fn = call.get("function")
+    if isinstance(fn, dict):  # OpenAI: {"id", "type": "function", "function": {"name", "arguments"}}
+        out = {"id": call.get("id"), "name": fn.get("name"), "arguments": fn.get("arguments")}
+    else:
+        out = {"id": call.get("id"), "name": call.get("name"), "arguments": call.get("arguments", call.get("input"))}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _block_text(block: Any) -> str | None:
+    """Text of one OpenAI / Anthropic content block, None if it is not text."""
+    if isinstance(block, str):
+        return block
+    if not isinstance(block, dict):
+        return None
+    if block.get("type", "text") in _TEXT_PART_TYPES:
+        text = block.get("text", block.get("content"))
+        if isinstance(text, dict):  # Azure agents: {"text": {"value": "..."}}
+            text = text.get("value")
+        return text if isinstance(text, str) else None
+    return None
+
+
+def _from_parts(m: dict[str, Any], role: str) -> dict[str, Any]:
+    parts = m.get("parts")
+    msg: dict[str, Any] = {"role": role}
+    if type(parts) is list and len(parts) == 1:  # fast path: one text part, the usual case
+        part = parts[0]
+        if type(part) is dict and part.get("type") == "text" and type(part.get("content")) is str:
+            msg["content"] = part["content"]
+            if len(m) > 2:
+                _copy_meta(m, msg)
+            return msg
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    structured = False
+    if isinstance(parts, list):
+        for part in parts:
+            if not isinstance(part, dict):
+                if isinstance(part, str):
+                    texts.append(part)
+                continue
+            kind = part.get("type")
+            if kind == "text":
+                c = part.get("content")
+                texts.append(c if isinstance(c, str) else to_text(c) or "")
+            elif kind == "tool_call":
+                structured = True
+                call = _tool_call(part)
+                if call:
+                    calls.append(call)
+            elif kind == "tool_call_response":
+                structured = True
+                if part.get("id") is not None:
+                    msg["tool_call_id"] = str(part["id"]).strip()
+                texts.append(to_text(part.get("response", part.get("result"))) or "")
+            else:
+                structured = True
+    if texts:
+        msg["content"] = "\n".join(texts)
+    if calls:
+        msg["tool_calls"] = calls
+    if structured:
+        msg["parts"] = [p if isinstance(p, dict) else {"type": "text", "content": p} for p in parts]
+    _copy_meta(m, msg)
+    return msg
+
+
+def _from_openai(m: dict[str, Any], role: str) -> dict[str, Any]:
+    msg: dict[str, Any] = {"role": role}
+    content = m.get("content")
+    if isinstance(content, str):
+        msg["content"] = content
+    elif isinstance(content, list):
+        texts = []
+        structured = False
+        for block in content:
+            text = _block_text(block)
+            if text is None:
+                structured = True
+            else:
+                texts.append(text)
+        if texts:
+            msg["content"] = "\n".join(texts)
+        if structured:
+            msg["parts"] = [b if isinstance(b, dict) else {"type": "text", "text": b} for b in content]
+    elif isinstance(content, dict):
+        text = _block_text(content)
+        msg["content"] = text if text is not None else to_text(content)
+    elif content is not None:
+        msg["content"] = to_text(content)
+    calls = m.get("tool_calls")
+    if isinstance(calls, list):
+        tool_calls = [c for c in map(_tool_call, calls) if c]
+        if tool_calls:
+            msg["tool_calls"] = tool_calls
+    elif isinstance(m.get("function_call"), dict):
+        call = _tool_call(m["function_call"])
+        if call:
+            msg["tool_calls"] = [call]
+    tool_call_id = m.get("tool_call_id", m.get("id") if role == "tool" else None)
+    if tool_call_id is not None:
+        msg["tool_call_id"] = str(tool_call_id)
+    _copy_meta(m, msg)
+    return msg
+
+
+def _copy_meta(src: dict[str, Any], msg: dict[str, Any]) -> None:
+    name = src.get("name")
+    if isinstance(name, str):
+        msg["name"] = name
+    finish = src.get("finish_reason")
+    if finish is not None:
+        msg["finish_reason"] = str(finish)
+
+
+def to_message(obj: Any, default_role: str) -> dict[str, Any] | None:
+    """One message in any known shape → Message-shaped dict (None if unusable)."""
+    if type(obj) is dict and "parts" in obj:
+        role = obj.get("role")
+        return _from_parts(obj, role if isinstance(role, str) and role else default_role)
+    if isinstance(obj, str):
+        return {"role": default_role, "content": obj}
+    if not isinstance(obj, dict):
+        return None
+    inner = obj.get("message")
+    if isinstance(inner, dict) and "role" not in obj:  # a choice
+        msg = to_message(inner, default_role) or {"role": default_role}
+        if obj.get("finish_reason") is not None:
+            msg["finish_reason"] = str(obj["finish_reason"])
+        return msg
+    role = obj.get("role")
+    role = role if isinstance(role, str) and role else default_role
+    if "parts" in obj:
+        return _from_parts(obj, role)
+    return _from_openai(obj, role)
+
+
+def parse_messages(value: Any, default_role: str) -> list[dict[str, Any]] | None:
+    """A messages attribute (JSON text or structured) → list of Message dicts.
+
+    None when the value cannot be read as messages (e.g. JSON truncated by an attribute length
+    limit): the caller then keeps the value in `raw_attributes`."""
+    value = loads_maybe(value)
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list):
+        return None
+    out = []
+    for item in value:
+        msg = to_message(item, default_role)
+        if msg is not None:
+            out.append(msg)
+    return out
+
+
+def messages_from_indexed(
+    indexed: dict[int, dict[str, Any]], default_role: str, openinference: bool
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Un-flattened indexed attributes → (messages in index order, leftovers by sub-key).
+
+    `openinference=True` reads `message.role` / `message.contents.M.message_content.text` /
+    `message.tool_calls.M.tool_call.function.name`; otherwise the `gen_ai.prompt.N.*` form
+    (`role`, `content`, `tool_calls.M.name` ...). Leftovers are `"N.sub.key" → value` for the
+    caller to keep in `raw_attributes`."""
+    messages: list[dict[str, Any]] = []
+    leftovers: dict[str, Any] = {}
+    for idx in sorted(indexed):
+        flat = indexed[idx]
+        msg = _oi_message(flat, default_role, leftovers, idx) if openinference else _legacy_message(
+            flat, default_role, leftovers, idx
+        )
+        messages.append(msg)
+    return messages, leftovers
+
+
+def _legacy_message(flat: dict[str, Any], default_role: str, left: dict[str, Any], idx: int) -> dict[str, Any]:
+    role = flat.get("role")
+    msg: dict[str, Any] = {"role": role if isinstance(role, str) and role else default_role}
+    calls: dict[int, dict[str, Any]] = {}
+    for key, value in flat.items():
+        if key == "role":
+            continue
+        if key == "content":
+            parsed = loads_maybe(value) if isinstance(value, str) and value[:1] == "[" else value
+            if isinstance(parsed, list) and parsed and all(isinstance(b, dict) and "type" in b for b in parsed):
+                inner = _from_openai({"content": parsed}, msg["role"])
+                if "content" in inner:
+                    msg["content"] = inner["content"]
+                if "parts" in inner:
+                    msg["parts"] = inner["parts"]
+            else:
+                msg["content"] = to_text(value)
+        elif key == "finish_reason":
+            msg["finish_reason"] = to_text(value)
+        elif key == "tool_call_id":
+            msg["tool_call_id"] = to_text(value)
+        elif key == "name":
+            msg["name"] = to_text(value)
+        elif key.startswith("tool_calls."):
+            if not add_indexed(calls, key[11:], value):
+                left[f"{idx}.{key}"] = value
+        elif key.startswith("function_call."):
+            calls.setdefault(0, {})[key[14:]] = value
+        else:
+            left[f"{idx}.{key}"] = value
+    if calls:
+        msg["tool_calls"] = [
+            {k: v for k, v in calls[i].items() if k in ("id", "name", "arguments", "type")} for i in sorted(calls)
+        ]
+    return msg
+
+
+def _oi_message(flat: dict[str, Any], default_role: str, left: dict[str, Any], idx: int) -> dict[str, Any]:
+    role = flat.get("message.role")
+    msg: dict[str, Any] = {"role": role if isinstance(role, str) and role else default_role}
+    contents: dict[int, dict[str, Any]] = {}
+    calls: dict[int, dict[str, Any]] = {}
+    for key, value in flat.items():
+        if key == "message.role":
+            continue
+        if key == "message.content":
+            msg["content"] = to_text(value)
+        elif key == "message.name":
+            msg["name"] = to_text(value)
+        elif key == "message.tool_call_id":
+            msg["tool_call_id"] = to_text(value)
+        elif key == "message.finish_reason":
+            msg["finish_reason"] = to_text(value)
+        elif key.startswith("message.contents."):
+            if not add_indexed(contents, key[17:], value):
+                left[f"{idx}.{key}"] = value
+        elif key.startswith("message.tool_calls."):
+            if not add_indexed(calls, key[19:], value):
+                left[f"{idx}.{key}"] = value
+        elif key == "message.function_call_name":
+            calls.setdefault(-1, {})["tool_call.function.name"] = value
+        elif key == "message.function_call_arguments_json":
+            calls.setdefault(-1, {})["tool_call.function.arguments"] = value
+        else:
+            left[f"{idx}.{key}"] = value
+    if contents:
+        texts = []
+        parts = []
+        structured = False
+        for i in sorted(contents):
+            c = contents[i]
+            kind = c.get("message_content.type", "text")
+            part = {k.removeprefix("message_content."): v for k, v in c.items()}
+            parts.append(part)
+            if kind == "text" and isinstance(c.get("message_content.text"), str):
+                texts.append(c["message_content.text"])
+            else:
+                structured = True
+        if texts and "content" not in msg:
+            msg["content"] = "\n".join(texts)
+        if structured:
+            msg["parts"] = parts
+    if calls:
+        tool_calls = []
+        for i in sorted(calls):
+            c = calls[i]
+            call = {
+                "id": c.get("tool_call.id"),
+                "name": c.get("tool_call.function.name"),
+                "arguments": c.get("tool_call.function.arguments"),
+            }
+            tool_calls.append({k: v for k, v in call.items() if v is not None})
+        msg["tool_calls"] = tool_calls
+    return msg
+
+
+def text_of_parts(value: Any) -> str | None:
+    """`gen_ai.system_instructions` (parts list, JSON text or plain text) → text."""
+    value = loads_maybe(value)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list):
+        return to_text(value)
+    texts = []
+    for part in value:
+        if isinstance(part, str):
+            texts.append(part)
+        elif isinstance(part, dict):
+            if "parts" in part:  # a whole message
+                t = text_of_parts(part["parts"])
+            else:
+                t = _block_text(part) if part.get("type", "text") in _TEXT_PART_TYPES else None
+            if t:
+                texts.append(t)
+    return "\n".join(texts) if texts else None
+
+
+def system_text(messages: list[dict[str, Any]]) -> str | None:
+    texts = [m["content"] for m in messages if m.get("role") in _SYSTEM_ROLES and m.get("content")]
+    return "\n".join(texts) if texts else None
+
+
+def last_user_text(messages: list[dict[str, Any]]) -> str | None:
+    for m in reversed(messages):
+        if m.get("role") == "user" and m.get("content"):
+            return m["content"]
+    return None
+
+
+def assistant_text(messages: list[dict[str, Any]]) -> str | None:
+    texts = [m["content"] for m in messages if m.get("content") and m.get("role") in _ASSISTANT_ROLES]
+    return "\n".join(texts) if texts else None
+
+
+# --- documents --------------------------------------------------------------------------
+
+_ID_KEYS = ("doc_id", "id", "document_id", "source_id")
+_SNIPPET_KEYS = ("snippet", "content", "text", "page_content", "document")
+_URI_KEYS = ("source_uri", "source", "uri", "url", "file_path", "path", "document_uri")
+_VERSION_KEYS = ("doc_version", "version", "document_version")
+_ACL_KEYS = ("acl_tags", "acl")
+_SCORE_KEYS = ("score", "relevance_score")
+
+
+def _take(d: dict[str, Any], keys: tuple[str, ...], used: set[str] | None) -> Any:
+    """First usable scalar under `keys` (lists only for ACL tags); records the key in `used`."""
+    for k in keys:
+        v = d.get(k)
+        if v is None or v == "" or isinstance(v, dict) or (isinstance(v, list) and k not in _ACL_KEYS):
+            continue
+        if used is not None:
+            used.add(k)
+        return v
+    return None
+
+
+def to_document(d: dict[str, Any], position: int) -> dict[str, Any]:
+    """One retrieved document in any known shape → Document dict.
+
+    Fields missing on the document are taken from its metadata (source uri, version, ACL tags,
+    chunk id). `content_sha256` is computed from the full content when the sender gave none;
+    `snippet` is the content as sent (not shortened: it is what the model saw). `rank` is the
+    sender's rank or the 1-based position in the list. Keys of the document not mapped to a
+    field, and its metadata, are kept in `metadata`."""
+    used: set[str] = {"metadata"}
+    meta = loads_maybe(d.get("metadata"))
+    meta_d = meta if isinstance(meta, dict) else {}
+    doc: dict[str, Any] = {}
+
+    def pick(keys: tuple[str, ...]) -> Any:
+        v = _take(d, keys, used)
+        return v if v is not None else _take(meta_d, keys, None)
+
+    v = _take(d, _ID_KEYS, used)
+    if v is not None:
+        doc["doc_id"] = to_text(v)
+    v = pick(("chunk_id",))
+    if v is not None:
+        doc["chunk_id"] = to_text(v)
+    v = pick(_URI_KEYS)
+    if v is not None:
+        doc["source_uri"] = to_text(v)
+    v = pick(_VERSION_KEYS)
+    if v is not None:
+        doc["doc_version"] = to_text(v)
+    content = d.get("snippet")
+    if content is None:
+        for k in _SNIPPET_KEYS[1:]:
+            if d.get(k) is not None:
+                content = d[k]
+                used.add(k)
+                break
+    else:
+        used.add("snippet")
+    if content is not None:
+        content = to_text(content)
+        doc["snippet"] = content
+    sha = pick(("content_sha256",))
+    if sha is not None:
+        doc["content_sha256"] = to_text(sha)
+    elif content is not None:
+        doc["content_sha256"] = hashlib.sha256(content.encode()).hexdigest()
+    score = to_float(_take(d, _SCORE_KEYS, used))
+    if score is not None:
+        doc["score"] = score
+    rank = to_int(_take(d, ("rank",), used))
+    doc["rank"] = rank if rank is not None else position + 1
+    acl = pick(_ACL_KEYS)
+    if acl is not None:
+        doc["acl_tags"] = to_str_list(acl)
+    extra = {k: v for k, v in d.items() if k not in used and v is not None}
+    if meta is not None or extra:
+        merged: dict[str, Any] = dict(meta_d) if meta_d or meta is None else {"metadata": meta}
+        merged.update(extra)
+        doc["metadata"] = merged
+    return doc
+
+
+def parse_documents(value: Any) -> list[dict[str, Any]] | None:
+    """A documents attribute (JSON text or structured list) → Document dicts; None if unreadable."""
+    value = loads_maybe(value)
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list):
+        return None
+    return [to_document(d if isinstance(d, dict) else {"content": d}, i) for i, d in enumerate(value)]
+
+
+def documents_from_indexed(indexed: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    """OpenInference `retrieval.documents.N.document.*` after un-flattening."""
+    docs = []
+    for position, idx in enumerate(sorted(indexed)):
+        flat = indexed[idx]
+        d = {k.removeprefix("document."): v for k, v in flat.items()}
+        docs.append(to_document(d, position))
+    return docs

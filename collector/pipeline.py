@@ -1,0 +1,180 @@
+"""The collector's work on one batch: decode → normalise (+ cost, pseudonyms) → store.
+
+The same code runs behind the in-process bus (`aitrail serve`) and behind Kafka
+(`aitrail collector`). Messages that can never be ingested go to the dead-letter sink with
+their reason; a store that is unavailable makes the whole batch fail retriably (no commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from aitrail import __version__
+from aitrail.bus.base import Batch, BusMessage, Encoding, Signal
+from aitrail.errors import AitrailError, BadRequest, Unavailable
+from aitrail.otlp import decode_logs, decode_traces
+from aitrail.schemas.record import AuditRecord
+from aitrail.schemas.timefmt import ns_to_iso
+from aitrail.store.base import RecordWriter, WriteResult
+
+from .normalise import normalise_logs, normalise_traces
+
+log = logging.getLogger(__name__)
+
+
+def hmac_pseudonymiser(secret: bytes) -> Callable[[str], str]:
+    """Keyed pseudonyms: stable for one installation, not reversible without the key."""
+
+    def pseudonymise(raw: str) -> str:
+        return "u_" + hmac.new(secret, raw.encode(), hashlib.sha256).hexdigest()[:20]
+
+    return pseudonymise
+
+
+def pricer_for(table) -> Callable:
+    """The normaliser's pricer: (provider, model, input, output, cached, at) → CostResult."""
+
+    def price(provider, model, input_tokens, output_tokens, cached_input_tokens, at):
+        return table.compute_cost(provider, model, input_tokens, output_tokens, cached_input_tokens, at=at)
+
+    return price
+
+
+@dataclass
+class BatchResult:
+    records: list[AuditRecord] = field(default_factory=list)
+    dead: list[tuple[BusMessage, str]] = field(default_factory=list)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        default_tenant: str,
+        pricer: Callable | None,
+        pseudonymise: Callable[[str], str],
+    ) -> None:
+        self.default_tenant = default_tenant
+        self.pricer = pricer
+        self.pseudonymise = pseudonymise
+
+    def normalise(self, messages: list[BusMessage]) -> BatchResult:
+        result = BatchResult()
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")
+        for message in messages:
+            tenant = message.tenant or self.default_tenant
+            # Kafka's timestamp makes a replay after a crash yield the very same records.
+            ingested_at = now if message.timestamp_ms is None else ns_to_iso(message.timestamp_ms * 1_000_000)
+            try:
+                records = self._normalise_one(message, tenant, ingested_at)
+            except AitrailError as exc:
+                result.dead.append((message, exc.message))
+                continue
+            except Exception as exc:  # a bug or a shape we never saw: keep the input, say why
+                log.exception("normalisation failed")
+                result.dead.append((message, f"normalisation failed: {type(exc).__name__}: {exc}"))
+                continue
+            if message.position is not None:
+                for record in records:
+                    record.kafka = message.position
+            result.records.extend(records)
+        return result
+
+    def _normalise_one(self, message: BusMessage, tenant: str, ingested_at: str) -> list[AuditRecord]:
+        is_json = message.encoding == Encoding.JSON
+        common = dict(
+            ingested_at=ingested_at, pricer=self.pricer, pseudonymise=self.pseudonymise,
+            collector_version=__version__,
+        )
+        if message.signal == Signal.TRACES:
+            request = message.decoded or decode_traces(message.payload, is_json=is_json)
+            return normalise_traces(request, tenant, **common)
+        if message.signal == Signal.LOGS:
+            request = message.decoded or decode_logs(message.payload, is_json=is_json)
+            return normalise_logs(request, tenant, **common)
+        raise BadRequest(f"unknown signal {message.signal!r}")
+
+
+async def run_collector(
+    batches,
+    pipeline: Pipeline,
+    store: RecordWriter,
+    *,
+    on_written: Callable[[BatchResult, WriteResult, float], None] | None = None,
+    on_retry: Callable[[], None] | None = None,
+    on_dead_letter: Callable[[str], None] | None = None,
+    max_backoff_s: float = 30.0,
+    give_up_after_s: float | None = None,
+) -> None:
+    """Consume batches until the bus stops (or the task is cancelled), in two overlapping stages: normalising batch N+1
+    (Python) runs while batch N is written (SQLite and the network release the GIL).
+
+    A retriable store error backs off and writes the same records again (writes are
+    idempotent); a batch is acknowledged only once stored, and batches are acknowledged in
+    order. With `give_up_after_s` (embedded mode, where senders wait on the batch) a batch that
+    still cannot be stored fails and its senders get 503 and retry; without it (Kafka) the
+    collector retries until the store is back, committing nothing meanwhile."""
+    ready: asyncio.Queue[tuple[Batch, BatchResult | None] | None] = asyncio.Queue(maxsize=1)
+
+    async def normalise_stage() -> None:
+        async for batch in batches:
+            try:
+                result = await asyncio.to_thread(pipeline.normalise, list(batch.messages))
+            except Exception:  # never let one batch stop the collector
+                log.exception("normalising a batch failed unexpectedly")
+                result = None
+            await ready.put((batch, result))
+        await ready.put(None)  # the bus stopped: the write stage finishes what it has, then ends
+
+    async def write_stage() -> None:
+        while (item := await ready.get()) is not None:
+            batch, result = item
+            try:
+                if result is None:
+                    raise Unavailable("normalisation failed unexpectedly; see the collector log")
+                for message, reason in result.dead:
+                    await batch.dead_letter(message, reason)
+                    if on_dead_letter is not None:
+                        on_dead_letter(reason)
+                if await _write_with_retries(store, result, batch, on_written, on_retry, max_backoff_s, give_up_after_s):
+                    await batch.ack()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("batch failed unexpectedly")
+                await batch.fail(exc if isinstance(exc, AitrailError) else Unavailable(f"ingest failed: {exc}"))
+
+    async with asyncio.TaskGroup() as group:
+        group.create_task(normalise_stage())
+        group.create_task(write_stage())
+
+
+async def _write_with_retries(store, result, batch, on_written, on_retry, max_backoff_s, give_up_after_s) -> bool:
+    delay, first_failure = 0.1, None
+    while True:
+        started = time.perf_counter()
+        try:
+            written = await asyncio.to_thread(store.write, result.records)
+        except AitrailError as exc:
+            now = time.monotonic()
+            first_failure = first_failure or now
+            if not exc.retriable or (give_up_after_s is not None and now - first_failure > give_up_after_s):
+                log.error("batch failed: %s", exc.message)
+                await batch.fail(exc)
+                return False
+            log.warning("store unavailable, retrying in %.1fs: %s", delay, exc.message)
+            if on_retry is not None:
+                on_retry()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_backoff_s)
+            continue
+        if on_written is not None:
+            on_written(result, written, time.perf_counter() - started)
+        return True

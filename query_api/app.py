@@ -1,0 +1,164 @@
+"""The query API (FastAPI): answers, replay, records, costs, health and the web page.
+
+Every request is authenticated with `Authorization: Bearer <key>`; the tenant comes from the
+key and is part of every store query. Another tenant's id answers 404 exactly as a missing
+one does.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from importlib import resources
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from aitrail import __version__
+from aitrail.errors import AitrailError, Forbidden, Unauthorized
+from aitrail.metrics import CONTENT_TYPE_LATEST, Metrics
+from aitrail.store.base import COST_GROUPS, Principal, Role, Store
+
+from .service import AnswersOut, CostsOut, ErrorResponse, IntegrityCheck, QueryService, TraceOut
+
+log = logging.getLogger(__name__)
+
+READERS = (Role.AUDITOR, Role.ANALYST, Role.ADMIN)
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in ((400, "Bad request"), (401, "No valid key"), (403, "Role not allowed"), (404, "Not found"))
+}
+
+
+def error_json(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def _reader(request: Request) -> Principal:
+    """The caller, from `Authorization: Bearer <key>`; only roles that may read audit data."""
+    authorization = request.headers.get("authorization")
+    if not authorization:
+        raise Unauthorized("missing key: send 'Authorization: Bearer <key>'")
+    scheme, _, key = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise Unauthorized("Authorization must be 'Bearer <key>'")
+    principal = request.app.state.store.authenticate(key.strip())
+    if principal is None:
+        raise Unauthorized("unknown or revoked key")
+    if principal.role not in READERS:
+        raise Forbidden(f"role '{principal.role}' cannot read audit data; needs auditor, analyst or admin")
+    return principal
+
+
+Reader = Annotated[Principal, Depends(_reader)]
+
+
+def create_app(
+    store: Store,
+    *,
+    pseudonymise: Callable[[str], str],
+    metrics: Metrics | None = None,
+    integrity: IntegrityCheck | None = None,
+) -> FastAPI:
+    """`integrity(principal, records)` reports a replay's integrity status."""
+    metrics = metrics or Metrics()
+    queries = QueryService(store, pseudonymise=pseudonymise, integrity=integrity)
+    app = FastAPI(
+        title="aitrail query API",
+        version=__version__,
+        description="Find and replay any past answer of your AI systems, with proof it was not altered.",
+    )
+    app.state.store = store
+
+    @app.exception_handler(AitrailError)
+    async def _aitrail_error(request: Request, exc: AitrailError) -> JSONResponse:
+        if exc.status >= 500:
+            log.error("request failed: %s", exc.message)
+        return error_json(exc.status, exc.code, exc.message, {"Retry-After": "5"} if exc.retriable else None)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}" for e in exc.errors()
+        )
+        return error_json(400, "bad_request", problems)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_json(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return error_json(500, "internal", "internal error; the server log has the details")
+
+
+    @app.get("/v1/answers", response_model=AnswersOut, responses=_ERRORS, tags=["answers"])
+    async def answers(
+        principal: Reader,
+        q: Annotated[str | None, Query(description="Words of the question or answer.", max_length=1000)] = None,
+        at: Annotated[str | None, Query(description="ISO 8601 or plain language, e.g. 'last Tuesday 14:30'.")] = None,
+        tz: Annotated[str | None, Query(description="IANA time zone that `at` is read in; default UTC.")] = None,
+        window: Annotated[str | None, Query(description="Half-width around `at`, e.g. 15m, 2h, 1d.")] = None,
+        user: Annotated[str | None, Query(description="User id as the service knows it, or its pseudonym.")] = None,
+        service: str | None = None,
+        model: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 20,
+        offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
+    ) -> AnswersOut:
+        return await run_in_threadpool(
+            queries.answers, principal, q=q, at=at, tz=tz, window=window, user=user, service=service,
+            model=model, limit=limit, offset=offset,
+        )
+
+    @app.get("/v1/traces/{trace_id}", response_model=TraceOut, responses=_ERRORS, tags=["replay"])
+    async def trace(principal: Reader, trace_id: str) -> TraceOut:
+        return await run_in_threadpool(queries.trace, principal, trace_id)
+
+    @app.get("/v1/records/{record_id}", responses=_ERRORS, tags=["records"])
+    async def record(principal: Reader, record_id: str) -> dict[str, Any]:
+        return await run_in_threadpool(queries.record, principal, record_id)
+
+    @app.get("/v1/costs", response_model=CostsOut, responses=_ERRORS, tags=["costs"])
+    async def costs(
+        principal: Reader,
+        from_: Annotated[str | None, Query(alias="from", description="ISO 8601 or plain language.")] = None,
+        to: Annotated[str | None, Query(description="ISO 8601 or plain language.")] = None,
+        tz: str | None = None,
+        group_by: Annotated[str, Query(description=f"Comma-separated: {', '.join(COST_GROUPS)}.")] = "model",
+    ) -> CostsOut:
+        return await run_in_threadpool(queries.costs, principal, start=from_, end=to, tz=tz, group_by=group_by)
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/readyz", tags=["operations"])
+    async def readyz() -> JSONResponse:
+        ready = await run_in_threadpool(store.ping)
+        return JSONResponse({"status": "ready" if ready else "store unavailable"}, status_code=200 if ready else 503)
+
+    @app.get("/metrics", tags=["operations"], include_in_schema=False)
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(resources.files("aitrail.query_api").joinpath("static/index.html").read_text("utf-8"))
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):
+        response = await call_next(request)
+        route = request.scope.get("route")
+        metrics.api_requests.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
+        return response
+
+    return app
+

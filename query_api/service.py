@@ -1,0 +1,164 @@
+"""The queries behind the API and the CLI, so both answer the same."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from aitrail.errors import BadRequest, NotFound
+from aitrail.schemas.canonical import record_to_dict
+from aitrail.store.base import AnswerQuery, CostQuery, Principal, Role, Store
+
+from .replay import for_role, merge_fragments
+from .timeparse import parse_when, parse_window, to_iso
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class Money(BaseModel):
+    amount: Decimal | None = Field(description="Exact decimal as a string; null when the model has no price.")
+    currency: str | None
+
+
+class AnswerOut(BaseModel):
+    record_id: str
+    trace_id: str
+    time: str | None
+    question: str | None
+    answer: str | None
+    provider: str | None
+    model: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    cost: Money
+    service: str | None
+    user: str | None = Field(description="Pseudonym of the user who asked; never the raw id.")
+
+
+class AnswersOut(BaseModel):
+    data: list[AnswerOut]
+    count: int = Field(description="All matches, not only this page.")
+    window: dict[str, str | None] = Field(description="The time range searched, ISO 8601 UTC.")
+
+
+class TraceOut(BaseModel):
+    trace_id: str
+    records: list[dict[str, Any]]
+    integrity: dict[str, Any]
+
+
+class CostRowOut(BaseModel):
+    group: dict[str, str | None]
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    cost: Money
+    unpriced_calls: int
+
+
+class CostsOut(BaseModel):
+    data: list[CostRowOut]
+    total: Money
+    group_by: list[str]
+
+
+
+IntegrityCheck = Callable[[Principal, list], dict[str, Any]]
+
+
+class QueryService:
+    def __init__(self, store: Store, *, pseudonymise: Callable[[str], str], integrity: IntegrityCheck | None = None):
+        self.store = store
+        self.pseudonymise = pseudonymise
+        self.integrity = integrity
+
+    def answers(
+        self,
+        principal: Principal,
+        *,
+        q: str | None = None,
+        at: str | None = None,
+        tz: str | None = None,
+        window: str | None = None,
+        user: str | None = None,
+        service: str | None = None,
+        model: str | None = None,
+        limit: int = 20,
+        offset: int = 0,
+    ) -> AnswersOut:
+        start = end = None
+        if at is not None:
+            moment, span = parse_when(at, tz), parse_window(window)
+            start, end = to_iso(moment - span), to_iso(moment + span)
+        elif window is not None:
+            raise BadRequest("window needs at")
+        # A pseudonym is accepted as is; anything else is the service's own user id.
+        pseudonym = user if user is None or user.startswith("u_") else self.pseudonymise(user)
+        page = self.store.search_answers(
+            AnswerQuery(
+                tenant=principal.tenant, text=q, start=start, end=end, user=pseudonym, service=service,
+                model=model, limit=limit, offset=offset,
+            )
+        )
+        redact = principal.role == Role.ANALYST
+        data = [
+            AnswerOut(
+                record_id=a.record_id, trace_id=a.trace_id, time=a.time,
+                question=None if redact else a.question, answer=None if redact else a.answer,
+                provider=a.provider, model=a.model, input_tokens=a.input_tokens, output_tokens=a.output_tokens,
+                cost=Money(amount=a.cost_amount, currency=a.cost_currency), service=a.service, user=a.user,
+            )
+            for a in page.answers
+        ]
+        return AnswersOut(data=data, count=page.count, window={"from": start, "to": end})
+
+    def trace(self, principal: Principal, trace_id: str) -> TraceOut:
+        trace_id = trace_id.lower()
+        records = self.store.trace(principal.tenant, trace_id)
+        if not records:
+            raise NotFound(f"no trace {trace_id}")
+        views = [for_role(v, principal.role) for v in merge_fragments(records)]
+        report = self.integrity(principal, records) if self.integrity else {
+            "status": "not_protected", "reason": "this store keeps no Merkle log; records carry no proof",
+        }
+        return TraceOut(trace_id=trace_id, records=views, integrity=report)
+
+    def record(self, principal: Principal, record_id: str) -> dict[str, Any]:
+        found = self.store.get(principal.tenant, record_id)
+        if found is None:
+            raise NotFound(f"no record {record_id}")
+        return for_role(record_to_dict(found), principal.role)
+
+    def costs(
+        self, principal: Principal, *, start: str | None, end: str | None, tz: str | None, group_by: str
+    ) -> CostsOut:
+        groups = tuple(g.strip() for g in group_by.split(",") if g.strip())
+        query = CostQuery(
+            tenant=principal.tenant,
+            start=to_iso(parse_when(start, tz)) if start else None,
+            end=to_iso(parse_when(end, tz)) if end else None,
+            group_by=groups,
+        )
+        rows = self.store.costs(query)
+        total = sum((r.cost for r in rows), Decimal(0))
+        currencies = {r.currency for r in rows if r.currency}
+        return CostsOut(
+            data=[
+                CostRowOut(
+                    group=r.group, calls=r.calls, input_tokens=r.input_tokens, output_tokens=r.output_tokens,
+                    cost=Money(amount=r.cost, currency=r.currency), unpriced_calls=r.unpriced_calls,
+                )
+                for r in rows
+            ],
+            total=Money(amount=total, currency=currencies.pop() if len(currencies) == 1 else None),
+            group_by=list(groups),
+        )
