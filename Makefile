@@ -17,9 +17,22 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/aitrail serve --demo
 
-## test: every test, real services included
+## test: every test, real services included (Kafka and OpenSearch are started for the run
+## and stopped afterwards, unless they were already running)
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+	@started=0; \
+	if ! bash deploy/local/services.sh status >/dev/null 2>&1; then \
+	  bash deploy/local/services.sh up || exit 1; started=1; fi; \
+	$(PY) -m pytest -q -p no:cacheprovider; status=$$?; \
+	if [ $$started = 1 ]; then bash deploy/local/services.sh down; fi; \
+	exit $$status
+
+## services-up / services-down: native Kafka (127.0.0.1:9092) and OpenSearch (http://127.0.0.1:9200)
+services-up:
+	bash deploy/local/services.sh up
+
+services-down:
+	bash deploy/local/services.sh down
 
 schemas: $(STAMP)
 	$(PY) -m aitrail.schemas.generate
