@@ -6,6 +6,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .query_api.service import AnswersOut, TraceOut
@@ -22,15 +23,27 @@ def _money(cost) -> str:
     return "-" if cost.amount is None else f"{cost.amount.normalize():f} {cost.currency or ''}".strip()
 
 
+def _console() -> Console:
+    # Recorded text is shown as written: no markup, no emoji codes, wide enough to read.
+    return Console(width=max(Console().width, 160), emoji=False, highlight=False)
+
+
+def _short(text: str | None, limit: int = 160) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def render_answers(result: AnswersOut, tz: str | None, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or _console()
     table = Table(title=f"{result.count} answer(s)", show_lines=True)
-    for column in ("time", "question", "answer", "model", "tokens in/out", "cost", "service", "trace"):
-        table.add_column(column, overflow="fold")
+    for column, ratio in (("time", 2), ("question", 4), ("answer", 6), ("model", 2), ("tokens", 1),
+                          ("cost", 2), ("service", 2)):
+        table.add_column(column, overflow="fold", ratio=ratio)
+    table.add_column("trace", no_wrap=True, min_width=32)
     for a in result.data:
         table.add_row(
-            _local(a.time, tz), a.question or "", a.answer or "", a.model or "-",
-            f"{a.input_tokens or 0}/{a.output_tokens or 0}", _money(a.cost), a.service or "-", a.trace_id,
+            _local(a.time, tz), escape(_short(a.question)), escape(_short(a.answer)), escape(a.model or "-"),
+            f"{a.input_tokens or 0}/{a.output_tokens or 0}", _money(a.cost), escape(a.service or "-"), a.trace_id,
         )
     console.print(table)
     if result.count > len(result.data):
@@ -38,35 +51,39 @@ def render_answers(result: AnswersOut, tz: str | None, console: Console | None =
 
 
 def render_replay(result: TraceOut, tz: str | None, console: Console | None = None) -> None:
-    console = console or Console()
-    console.print(f"[bold]trace {result.trace_id}[/bold]  integrity: {result.integrity.get('status')}")
+    console = console or _console()
+    say = lambda text: console.print(escape(text))  # noqa: E731  recorded text is never markup
+    console.print(f"[bold]trace {result.trace_id}[/bold]  integrity: {escape(str(result.integrity.get('status')))}")
     for view in result.records:
         kind = view.get("kind")
-        head = f"{_local(view.get('start_time'), tz)}  [bold]{kind}[/bold]  {view.get('span_name') or ''}"
+        head = f"{_local(view.get('start_time'), tz)}  [bold]{kind}[/bold]  {escape(view.get('span_name') or '')}"
         if view.get("duration_ms") is not None:
             head += f"  ({view['duration_ms']:.0f} ms)"
         if view.get("status") == "error":
-            head += f"  [red]error {view.get('error_type') or ''}: {view.get('error_message') or ''}[/red]"
+            head += f"  [red]error {escape(view.get('error_type') or '')}: {escape(view.get('error_message') or '')}[/red]"
         console.print(head)
         if kind == "retrieval":
-            console.print(f"    query: {view.get('query_text') or view.get('question') or '-'}")
+            say(f"    query: {view.get('query_text') or view.get('question') or '-'}")
             for doc in view.get("documents", []):
-                console.print(
-                    f"    #{doc.get('rank', '-')} {doc.get('doc_id')} v{doc.get('doc_version', '?')} "
-                    f"score={doc.get('score')} acl={','.join(doc.get('acl_tags', []))} {doc.get('source_uri') or ''}"
+                say(
+                    f"    #{doc.get('rank', '-')} {doc.get('doc_id')} version {doc.get('doc_version', '?')} "
+                    f"score {doc.get('score')} acl {','.join(doc.get('acl_tags', [])) or '-'} {doc.get('source_uri') or ''}"
                 )
         elif kind == "prompt":
-            console.print(f"    template {view.get('template_id')} v{view.get('template_version')}")
+            say(f"    template {view.get('template_id')} version {view.get('template_version')}")
         elif kind == "completion":
             model = view.get("response_model") or view.get("request_model")
             cost = view.get("cost") or {}
-            console.print(
+            priced = f"{cost['amount']} {cost.get('currency', '')}" if cost.get("amount") else f"unpriced ({cost.get('reason', '-')})"
+            say(
                 f"    {view.get('provider')}/{model}  tokens {view.get('input_tokens')}/{view.get('output_tokens')}"
-                f"  cost {cost.get('amount', '-')} {cost.get('currency', '') or cost.get('reason', '')}"
+                f"  cost {priced}"
             )
             if view.get("question"):
-                console.print(f"    Q: {view['question']}")
+                say(f"    Q: {view['question']}")
             if view.get("answer"):
-                console.print(f"    A: {view['answer']}")
+                say(f"    A: {view['answer']}")
         elif kind == "tool":
-            console.print(f"    tool {view.get('tool_name')}")
+            say(f"    tool {view.get('tool_name')}")
+        if view.get("redacted"):
+            say(f"    (content redacted for your role: {', '.join(view['redacted'])})")
