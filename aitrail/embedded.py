@@ -88,7 +88,6 @@ async def embedded(settings: Settings) -> AsyncIterator[tuple[SqliteStore, Ports
 
         async def dead_letter(message: BusMessage, reason: str) -> None:
             metrics.dead_letters.inc()
-            log.warning("dead letter: %s", reason)
             await asyncio.to_thread(store.add_dead_letter, reason, message.payload or _serialise(message), {
                 "signal": str(message.signal), "tenant": message.tenant or "",
             })

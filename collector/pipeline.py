@@ -88,18 +88,30 @@ class Pipeline:
         return result
 
     def _normalise_one(self, message: BusMessage, tenant: str, ingested_at: str) -> list[AuditRecord]:
-        is_json = message.encoding == Encoding.JSON
         common = dict(
             ingested_at=ingested_at, pricer=self.pricer, pseudonymise=self.pseudonymise,
             collector_version=__version__,
         )
         if message.signal == Signal.TRACES:
-            request = message.decoded or decode_traces(message.payload, is_json=is_json)
-            return normalise_traces(request, tenant, **common)
+            return normalise_traces(message.decoded or _decode(decode_traces, message), tenant, **common)
         if message.signal == Signal.LOGS:
-            request = message.decoded or decode_logs(message.payload, is_json=is_json)
-            return normalise_logs(request, tenant, **common)
+            return normalise_logs(message.decoded or _decode(decode_logs, message), tenant, **common)
         raise BadRequest(f"unknown signal {message.signal!r}")
+
+
+def _decode(decode, message: BusMessage):
+    """Decode as the message says; a Kafka message carries no content type, so on failure
+    try the other OTLP encoding before giving up with the first error."""
+    is_json = message.encoding == Encoding.JSON
+    try:
+        return decode(message.payload, is_json=is_json)
+    except BadRequest as first:
+        if message.position is None:
+            raise
+        try:
+            return decode(message.payload, is_json=not is_json)
+        except BadRequest:
+            raise first from None
 
 
 async def run_collector(
@@ -140,6 +152,7 @@ async def run_collector(
                 if result is None:
                     raise Unavailable("normalisation failed unexpectedly; see the collector log")
                 for message, reason in result.dead:
+                    log.warning("dead letter (%s): %s", message.position or "in-process", reason)
                     await batch.dead_letter(message, reason)
                     if on_dead_letter is not None:
                         on_dead_letter(reason)

@@ -18,7 +18,8 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, TopicAlreadyExistsError
 
 from aitrail.errors import PayloadTooLarge, Unavailable
 from aitrail.schemas.record import KafkaPosition
@@ -44,12 +45,38 @@ def message_from_record(record, topic: str) -> BusMessage:
     headers = decode_headers(record.headers)
     value: bytes = record.value or b""
     signal = Signal.LOGS if headers.get(SIGNAL_HEADER) == Signal.LOGS else Signal.TRACES
-    encoding = Encoding.JSON if value[:1] in (b"{", b" ", b"\n") else Encoding.PROTO
+    # otlp_json is a JSON object; otlp_proto starts with field 1 (0x0A). The collector falls
+    # back to the other decoding when this guess fails.
+    stripped = value.strip()
+    encoding = Encoding.JSON if stripped[:1] == b"{" and stripped[-1:] == b"}" else Encoding.PROTO
     return BusMessage(
         signal=signal, payload=value, tenant=headers.get(TENANT_HEADER) or None, key=record.key, encoding=encoding,
         position=KafkaPosition(topic=topic, partition=record.partition, offset=record.offset),
         headers=headers, timestamp_ms=record.timestamp,
     )
+
+
+async def ensure_topics(settings: KafkaSettings) -> list[str]:
+    """Create the span and dead-letter topics when missing; returns the ones created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=15_000)
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+        missing = [t for t in (settings.topic, settings.dlq_topic) if t not in existing]
+        if missing:
+            config = {"max.message.bytes": str(settings.max_message_bytes + 64 * 1024)}
+            try:
+                await admin.create_topics(
+                    [NewTopic(t, settings.partitions, settings.replication_factor, topic_configs=config) for t in missing]
+                )
+            except TopicAlreadyExistsError:  # another process created it meanwhile
+                pass
+            log.info("created Kafka topics %s with %d partitions", ", ".join(missing), settings.partitions)
+        return missing
+    except KafkaError as exc:
+        raise Unavailable(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}") from exc
+    finally:
+        await admin.close()
 
 
 class KafkaBatch:
@@ -105,6 +132,7 @@ class KafkaBus:
         self._stopping = asyncio.Event()
 
     async def __aenter__(self) -> KafkaBus:
+        await ensure_topics(self.settings)
         try:
             if self._produce:
                 self._producer = AIOKafkaProducer(
