@@ -37,7 +37,7 @@ MULTILINGUAL_TEXT = {
 }
 NESTED = {"documents"}  # so a query can ask about one document (its ACL tags, its id) at a time
 DATE = {"type": "date_nanos", "format": "strict_date_optional_time_nanos"}
-DATE_FIELDS = {"start_time", "end_time", "ingested_at"}
+DATE_FIELDS = {"start_time", "end_time", "ingested_at", "erased_at"}
 
 
 def _unwrap(annotation: Any) -> Any:

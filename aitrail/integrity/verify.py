@@ -1,0 +1,692 @@
+"""Offline verification of logs and records with only the public key and read access.
+
+:func:`verify_log` streams a log's records in leaf order, recomputes every leaf from the
+record itself (header + content commitment, content checked against the commitment when
+present), rebuilds the tree incrementally, and checks every signed checkpoint: signature,
+origin, root equal to the recomputed root at its size, and consistency with the previous
+checkpoint. It names what failed and where:
+
+=========================  ===================================================================
+tampering                   reported as
+=========================  ===================================================================
+answer text edited          ``CONTENT_ALTERED`` (record): content no longer matches its commitment
+cost/time/model edited      ``LEAF_MISMATCH`` (record) when its stored ``leaf_hash`` was left
+                            alone; ``NOT_IN_TREE`` (record) when the store's Merkle nodes are
+                            available (:class:`NodeReader`); otherwise ``ROOT_MISMATCH`` naming
+                            the leaf range between the last matching and first failing checkpoint
+record deleted              ``MISSING`` ("leaf 17 missing")
+forged record inserted      ``DUPLICATE`` (named: the signed tree decides which record holds the
+                            leaf), ``BEYOND_LOG``, ``UNSEALED`` or ``WRONG_LOG``
+records swapped             ``LEAF_MISMATCH`` / ``NOT_IN_TREE`` for each (the index is in the header)
+checkpoint forged           ``BAD_CHECKPOINT`` (signature, key, syntax, origin, stored metadata)
+checkpoints disagree        ``CONFLICTING_CHECKPOINTS`` (one size, two signed roots) and
+                            ``INCONSISTENT_CHECKPOINTS`` (a signed root that is not a prefix of
+                            a later signed tree the records reproduce)
+=========================  ===================================================================
+
+Leaves after the last checkpoint (at most ~1 s of traffic) are checked record by record
+but cannot be checked against a signature yet; :attr:`LogReport.uncovered` counts them.
+
+Memory is O(log n) plus the leaves since the last checkpoint: logs of any length verify.
+
+:func:`verify_record` checks one record against an inclusion proof and a signed
+checkpoint (the API's replay, ``aitrail verify --record``, export bundles).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol, runtime_checkable
+
+from aitrail.schemas.record import AuditRecord
+
+from . import merkle
+from .leaf import LeafStatus, recompute
+from .note import NoteError, Verifier, open_checkpoint
+from .sequencer import SignedCheckpoint
+
+__all__ = [
+    "Failure",
+    "FailureKind",
+    "IntegrityReader",
+    "LogReport",
+    "NodeReader",
+    "RecordReport",
+    "RecordStatus",
+    "verify_all",
+    "verify_log",
+    "verify_record",
+]
+
+_PLACEHOLDER = b"\x00" * 32  # stands for a leaf we cannot recompute; never a real leaf hash
+_PROGRESS_EVERY = 4096
+_MAX_DUPLICATE_TRIALS = 64
+
+
+@runtime_checkable
+class IntegrityReader(Protocol):
+    """Read access a verifier needs. Stores implement it; so can an export bundle."""
+
+    def log_ids(self) -> list[str]: ...
+
+    def checkpoints(self, log_id: str) -> list[SignedCheckpoint]:
+        """Every stored checkpoint of the log, ascending size."""
+        ...
+
+    def records_in_log(self, log_id: str) -> Iterator[AuditRecord]:
+        """Every record stored with this log id, ascending leaf index."""
+        ...
+
+    def log_size(self, log_id: str) -> int:
+        """The stored sequencer state's size."""
+        ...
+
+
+@runtime_checkable
+class NodeReader(Protocol):
+    """Optional: the Merkle nodes a store kept from :class:`~.sequencer.LogUpdate`.
+
+    Nodes are only trusted once they reproduce a signed root. With them, :func:`verify_log`
+    names a record whose leaf differs from the signed tree even when the attacker also
+    rewrote its ``leaf_hash``, and keeps checking after a deleted record.
+    """
+
+    def nodes(self, log_id: str, keys: Sequence[tuple[int, int]]) -> Mapping[tuple[int, int], bytes]:
+        """The stored hashes for the ``(level, index)`` keys that exist (missing keys left out)."""
+        ...
+
+
+class FailureKind(StrEnum):
+    CONTENT_ALTERED = "content_altered"
+    LEAF_MISMATCH = "leaf_mismatch"
+    NOT_IN_TREE = "not_in_tree"
+    MISSING = "missing"
+    DUPLICATE = "duplicate"
+    BEYOND_LOG = "beyond_log"
+    UNSEALED = "unsealed"
+    WRONG_LOG = "wrong_log"
+    LOG_STATE = "log_state"
+    ROOT_MISMATCH = "root_mismatch"
+    BAD_CHECKPOINT = "bad_checkpoint"
+    CONFLICTING_CHECKPOINTS = "conflicting_checkpoints"
+    INCONSISTENT_CHECKPOINTS = "inconsistent_checkpoints"
+
+
+_CHANGES_LEAF = frozenset(
+    {FailureKind.LEAF_MISMATCH, FailureKind.WRONG_LOG, FailureKind.UNSEALED, FailureKind.DUPLICATE}
+)
+"""Per-record findings that can explain a checkpoint root mismatch (content edits cannot)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """One finding. ``record_id``/``leaf_index`` say where when known; ``size`` is the
+    checkpoint's tree size for checkpoint findings."""
+
+    record_id: str | None
+    leaf_index: int | None
+    what: str
+    kind: FailureKind
+    size: int | None = None
+
+    def __str__(self) -> str:
+        where = []
+        if self.record_id is not None:
+            where.append(f"record {self.record_id}")
+        if self.leaf_index is not None:
+            where.append(f"leaf {self.leaf_index}")
+        if self.size is not None and self.leaf_index is None:
+            where.append(f"checkpoint size {self.size}")
+        return f"[{self.kind}] {' '.join(where) + ': ' if where else ''}{self.what}"
+
+
+@dataclass(slots=True)
+class LogReport:
+    log_id: str
+    size: int = 0
+    """The stored log size (sequencer state)."""
+    records_checked: int = 0
+    checkpoints_checked: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    erased: int = 0
+    verified_size: int = 0
+    """Largest tree size whose signed root the records reproduce."""
+    uncovered: int = 0
+    """Leaves past the largest valid checkpoint: checked record by record only."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def of_kind(self, kind: FailureKind) -> list[Failure]:
+        return [f for f in self.failures if f.kind == kind]
+
+
+# --- whole logs -------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Cand:
+    record_id: str
+    leaf: bytes
+    stored_ok: bool
+
+
+@dataclass(slots=True)
+class _Cp:
+    size: int
+    root: bytes
+    origin: str
+
+
+@dataclass(slots=True)
+class _Run:
+    """Consecutive checkpoints the recomputed tree does not reproduce."""
+
+    failure_at: int
+    start_leaf: int
+    sizes: list[int]
+
+
+def _compact_keys(size: int) -> list[tuple[int, int]]:
+    keys, start = [], 0
+    for level in reversed(range(size.bit_length())):
+        if size >> level & 1:
+            keys.append((level, start >> level))
+            start += 1 << level
+    return keys
+
+
+class _LogVerifier:
+    def __init__(
+        self,
+        reader: IntegrityReader,
+        verifier: Verifier,
+        log_id: str,
+        origin: str | None,
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
+        self.reader, self.verifier, self.log_id = reader, verifier, log_id
+        self.origin, self.progress = origin, progress
+        self.node_reader = reader if isinstance(reader, NodeReader) else None
+        self.report = LogReport(log_id)
+        self.base = merkle.CompactRange()
+        self.base_authentic = True  # base is the signed tree (reproduced the last checkpoint)
+        self.pending: dict[int, list[_Cand]] = {}
+        self.missing: list[list[int]] = []  # merged [start, end) ranges
+        self.flagged: dict[int, str] = {}  # leaf index -> record id whose leaf may be wrong
+        self.run: _Run | None = None
+        self.good: tuple[int, bytes] = (0, merkle.EMPTY_ROOT)
+        self.conflicts: set[int] = set()
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def fail(self, kind: FailureKind, what: str, record_id: str | None = None, leaf_index: int | None = None,
+             size: int | None = None) -> None:
+        self.report.failures.append(Failure(record_id, leaf_index, what, kind, size))
+        if record_id is not None and leaf_index is not None and kind in _CHANGES_LEAF:
+            self.flagged.setdefault(leaf_index, record_id)
+
+    def add_missing(self, index: int) -> None:
+        if self.missing and self.missing[-1][1] == index:
+            self.missing[-1][1] = index + 1
+        else:
+            self.missing.append([index, index + 1])
+
+    def stored_nodes(self, keys: list[tuple[int, int]]) -> Mapping[tuple[int, int], bytes]:
+        if self.node_reader is None or not keys:
+            return {}
+        try:
+            found = self.node_reader.nodes(self.log_id, keys)
+        except Exception:  # noqa: BLE001 - nodes are optional help; never let them break verification
+            return {}
+        return {k: bytes(v) for k, v in found.items() if len(v) == merkle.HASH_SIZE}
+
+    def root_with(self, leaves: Sequence[bytes | None]) -> bytes:
+        rng = self.base.copy()
+        rng.extend(_PLACEHOLDER if h is None else h for h in leaves)
+        return rng.root()
+
+    # -- checkpoints --------------------------------------------------------------------
+
+    def open_checkpoints(self) -> list[_Cp]:
+        opened: list[_Cp] = []
+        for sc in self.reader.checkpoints(self.log_id):
+            self.report.checkpoints_checked += 1
+            try:
+                cp = open_checkpoint(sc.note, self.verifier)
+            except NoteError as e:
+                self.fail(FailureKind.BAD_CHECKPOINT, f"checkpoint (stored size {sc.size}) rejected: {e}", size=sc.size)
+                continue
+            if (sc.size, bytes(sc.root_hash), sc.log_id) != (cp.size, cp.root_hash, self.log_id):
+                self.fail(
+                    FailureKind.BAD_CHECKPOINT,
+                    f"stored checkpoint fields (log {sc.log_id}, size {sc.size}, root {bytes(sc.root_hash).hex()}) "
+                    f"disagree with its signed note (size {cp.size}, root {cp.root_hash.hex()}); the note is used",
+                    size=cp.size,
+                )
+            opened.append(_Cp(cp.size, cp.root_hash, cp.origin))
+        if not opened:
+            return []
+        want = self.origin or Counter(c.origin for c in opened).most_common(1)[0][0]
+        kept = []
+        for c in opened:
+            if c.origin != want:
+                self.fail(
+                    FailureKind.BAD_CHECKPOINT,
+                    f"checkpoint for size {c.size} has origin {c.origin!r}, this log's is {want!r}",
+                    size=c.size,
+                )
+            else:
+                kept.append(c)
+        kept.sort(key=lambda c: c.size)
+        roots: dict[int, set[bytes]] = {}
+        for c in kept:
+            roots.setdefault(c.size, set()).add(c.root)
+        for size, rs in roots.items():
+            if len(rs) > 1:
+                self.conflicts.add(size)
+                self.fail(
+                    FailureKind.CONFLICTING_CHECKPOINTS,
+                    f"{len(rs)} validly signed checkpoints for size {size} with different roots: "
+                    + ", ".join(sorted(r.hex() for r in rs)),
+                    size=size,
+                )
+        return kept
+
+    def choose(self, index: int) -> tuple[bytes | None, list[_Cand]]:
+        """The leaf to use at ``index`` and all its candidate records (chosen first)."""
+        cands = self.pending.pop(index, [])
+        if not cands:
+            self.add_missing(index)
+            return None, []
+        if len(cands) > 1:
+            cands.sort(key=lambda c: not c.stored_ok)
+        return cands[0].leaf, cands
+
+    def process(self, cp: _Cp) -> None:
+        start, size = self.base.size, cp.size
+        chosen = [self.choose(i) for i in range(start, size)]
+        leaves: list[bytes | None] = [leaf for leaf, _ in chosen]
+        holes = [start + i for i, h in enumerate(leaves) if h is None]
+        if holes:  # deleted or unsealed: the store's leaf node, when it kept one, stands in
+            found = self.stored_nodes([(0, i) for i in holes])
+            for i in holes:
+                leaves[i - start] = found.get((0, i))
+
+        if self.root_with(leaves) == cp.root:
+            return self.matched(cp, leaves, chosen)
+        if not leaves and self.base_authentic:
+            # The tree at this size is already authenticated (by another checkpoint, or it
+            # is empty): this signed root contradicts it. Conflicts were reported already.
+            if size not in self.conflicts:
+                self.fail(
+                    FailureKind.INCONSISTENT_CHECKPOINTS,
+                    f"signed root {cp.root.hex()} differs from the log's verified root at this size",
+                    size=size,
+                )
+            return None
+        if self.try_duplicates(cp, leaves, chosen) or self.try_stored_leaves(cp, leaves, chosen):
+            return None
+        self.mismatch(cp, leaves)
+        return None
+
+    def matched(self, cp: _Cp, leaves: list[bytes | None], chosen: list[tuple[bytes | None, list[_Cand]]]) -> None:
+        start = self.base.size
+        if self.base_authentic and leaves:
+            self.check_consistency(self.base, leaves, cp)
+        for i, (_, cands) in enumerate(chosen):
+            holder = next((c for c in cands if c.leaf == leaves[i]), None)
+            for c in cands:
+                if c is not holder:
+                    self.fail(
+                        FailureKind.DUPLICATE,
+                        f"claims leaf {start + i}, which the signed tree gives to "
+                        + (f"record {holder.record_id}" if holder else "another record"),
+                        c.record_id, start + i,
+                    )
+        self.base.extend(leaves)  # type: ignore[arg-type]  # all real hashes: they reproduced a signed root
+        if self.run is not None:
+            self.close_run(later=cp)
+        self.base_authentic = True
+        self.good = (cp.size, cp.root)
+        self.report.verified_size = max(self.report.verified_size, cp.size)
+
+    def check_consistency(self, base: merkle.CompactRange, leaves: list[bytes | None], cp: _Cp) -> None:
+        """Consistency proof old → new built from the recomputed tree, verified against both signed roots."""
+        old, cmap = base.size, dict(zip(_compact_keys(base.size), base.nodes, strict=True))
+        new_leaves: list[bytes] = leaves  # type: ignore[assignment]  # all real: they reproduced a signed root
+
+        def get_node(level: int, index: int) -> bytes:
+            node = cmap.get((level, index))
+            if node is not None:
+                return node
+            lo, hi = index << level, (index + 1) << level
+            if lo < old or hi > old + len(new_leaves):
+                raise merkle.ProofError(f"node ({level}, {index}) is not in the recomputed range")
+            return merkle.root_hash(new_leaves[lo - old : hi - old])
+
+        try:
+            proof = merkle.build_consistency_proof(get_node, old, cp.size)
+            merkle.verify_consistency(old, cp.size, proof, self.good[1], cp.root)
+        except merkle.ProofError as e:
+            self.fail(
+                FailureKind.INCONSISTENT_CHECKPOINTS,
+                f"not consistent with the checkpoint at size {old}: {e}",
+                size=cp.size,
+            )
+
+    def try_duplicates(
+        self, cp: _Cp, leaves: list[bytes | None], chosen: list[tuple[bytes | None, list[_Cand]]]
+    ) -> bool:
+        trials = 0
+        for i, (_, cands) in enumerate(chosen):
+            for alt in cands[1:]:
+                if trials >= _MAX_DUPLICATE_TRIALS:
+                    return False
+                trials += 1
+                trial = list(leaves)
+                trial[i] = alt.leaf
+                if self.root_with(trial) == cp.root:
+                    cands.remove(alt)
+                    cands.insert(0, alt)
+                    self.matched(cp, trial, chosen)
+                    return True
+        return False
+
+    def try_stored_leaves(
+        self, cp: _Cp, leaves: list[bytes | None], chosen: list[tuple[bytes | None, list[_Cand]]]
+    ) -> bool:
+        """With the store's nodes: find the authentic leaves and name each record that differs."""
+        if self.node_reader is None:
+            return False
+        start, size = self.base.size, cp.size
+        if self.base_authentic:
+            found = self.stored_nodes([(0, i) for i in range(start, size)])
+            stored = [found.get((0, i)) for i in range(start, size)]
+            if all(h is not None for h in stored) and self.root_with(stored) == cp.root:
+                for i, (_, cands) in enumerate(chosen):
+                    authentic = stored[i]
+                    if leaves[i] == authentic or not cands:
+                        continue  # equal, or missing (already reported)
+                    holder = next((c for c in cands if c.leaf == authentic), None)
+                    if holder is not None:
+                        cands.remove(holder)
+                        cands.insert(0, holder)
+                        continue  # the duplicate check in matched() names the others
+                    for c in cands:
+                        self.fail(
+                            FailureKind.NOT_IN_TREE,
+                            "leaf recomputed from the record differs from the signed tree's "
+                            "(header or commitment edited, or record replaced)",
+                            c.record_id, start + i,
+                        )
+                    cands.clear()
+                self.matched(cp, stored, chosen)  # type: ignore[arg-type]
+                return True
+        # Re-base on the stored compact range at this size, if it reproduces the signed root:
+        # later checkpoints are then checked independently of this damage.
+        keys = _compact_keys(size)
+        found = self.stored_nodes(keys)
+        if len(found) == len(keys):
+            rng = merkle.CompactRange(size, [found[k] for k in keys])
+            if rng.root() == cp.root:
+                self.mismatch(cp, leaves)
+                self.close_run(later=None)
+                self.base = rng
+                self.base_authentic = True
+                self.good = (cp.size, cp.root)
+                return True
+        return False
+
+    def mismatch(self, cp: _Cp, leaves: list[bytes | None]) -> None:
+        if self.run is None:
+            self.run = _Run(len(self.report.failures), self.base.size, [cp.size])
+            self.report.failures.append(Failure(None, None, "", FailureKind.ROOT_MISMATCH, cp.size))
+        else:
+            self.run.sizes.append(cp.size)
+        self.base.extend(_PLACEHOLDER if h is None else h for h in leaves)
+        self.base_authentic = False
+        self.describe_run(FailureKind.ROOT_MISMATCH)
+
+    def describe_run(self, kind: FailureKind, later: _Cp | None = None) -> None:
+        run = self.run
+        assert run is not None
+        sizes = run.sizes
+        which = (
+            f"checkpoint at size {sizes[0]}"
+            if len(sizes) == 1
+            else f"{len(sizes)} checkpoints at sizes {sizes[0]}..{sizes[-1]}"
+        )
+        if kind == FailureKind.INCONSISTENT_CHECKPOINTS and later is not None:
+            what = (
+                f"{which}: signed root(s) not consistent with the checkpoint at size {later.size}, "
+                "whose root the records reproduce (forked or forged signature)"
+            )
+            record_id = None
+        else:
+            lo, hi = run.start_leaf, sizes[0] - 1
+            suspects = sorted(i for i in self.flagged if lo <= i <= hi)
+            gaps = [r for r in self.missing if r[0] <= hi and r[1] > lo]
+            what = (
+                f"{which}: the records do not reproduce the signed root; "
+                f"the first difference is among leaves {lo}..{hi}"
+            )
+            if suspects:
+                what += "; records flagged there: " + ", ".join(
+                    f"{self.flagged[i]} (leaf {i})" for i in suspects[:5]
+                ) + (" ..." if len(suspects) > 5 else "")
+            if gaps:
+                what += "; missing leaves there: " + ", ".join(
+                    f"{a}" if b == a + 1 else f"{a}..{b - 1}" for a, b in gaps[:5]
+                )
+            record_id = self.flagged[suspects[0]] if len(suspects) == 1 and not gaps else None
+        self.report.failures[run.failure_at] = Failure(record_id, None, what, kind, sizes[0])
+
+    def close_run(self, later: _Cp | None) -> None:
+        if self.run is None:
+            return
+        if later is not None:
+            # A later signed root is reproduced by the records, so every leaf before it is
+            # authentic: the earlier mismatching roots are what is wrong.
+            self.describe_run(FailureKind.INCONSISTENT_CHECKPOINTS, later)
+        self.run = None
+
+    # -- records ------------------------------------------------------------------------
+
+    def check_record(self, record: AuditRecord) -> None:
+        self.report.records_checked += 1
+        check = recompute(record)
+        rid, index = record.record_id, record.leaf_index
+        if check.erased:
+            self.report.erased += 1
+        if record.log_id is not None and record.log_id != self.log_id:
+            self.fail(
+                FailureKind.WRONG_LOG, f"record says log {record.log_id!r}, stored in log {self.log_id!r}", rid, index
+            )
+        if check.status == LeafStatus.UNSEALED:
+            self.fail(FailureKind.UNSEALED, check.reason, rid, index)
+        else:
+            if check.content_ok is False:
+                self.fail(FailureKind.CONTENT_ALTERED, check.reason.split(";")[0], rid, index)
+            if not check.stored_leaf_matches:
+                self.fail(
+                    FailureKind.LEAF_MISMATCH,
+                    "recomputed leaf hash differs from the stored leaf_hash (header or commitment edited)",
+                    rid, index,
+                )
+        if index is None:
+            return
+        if index < self.base.size:
+            self.fail(
+                FailureKind.DUPLICATE,
+                f"claims leaf {index}, which an earlier record already holds (or the records are out of order)",
+                rid, index,
+            )
+            return
+        if check.leaf_hash is not None:  # an unsealed record holds no leaf (reported above)
+            self.pending.setdefault(index, []).append(_Cand(rid, check.leaf_hash, check.stored_leaf_matches))
+
+    def run_all(self) -> LogReport:
+        cps = self.open_checkpoints()
+        total = self.reader.log_size(self.log_id)
+        k = 0
+        for record in self.reader.records_in_log(self.log_id):
+            index = record.leaf_index
+            if index is not None:
+                while k < len(cps) and cps[k].size <= index:
+                    self.process(cps[k])
+                    k += 1
+            self.check_record(record)
+            if self.progress is not None and self.report.records_checked % _PROGRESS_EVERY == 0:
+                self.progress(self.report.records_checked, total)
+        while k < len(cps):
+            self.process(cps[k])
+            k += 1
+        self.finish(cps)
+        if self.progress is not None:
+            self.progress(self.report.records_checked, max(total, self.report.records_checked))
+        return self.report
+
+    def finish(self, cps: list[_Cp]) -> None:
+        size = self.reader.log_size(self.log_id)
+        covered = cps[-1].size if cps else 0
+        self.report.size = size
+        if size < covered:
+            self.fail(
+                FailureKind.LOG_STATE,
+                f"stored log size {size} is smaller than the signed checkpoint size {covered} (log truncated?)",
+                size=covered,
+            )
+        end = max(size, covered)
+        for index in sorted(self.pending):
+            cands = self.pending[index]
+            if index >= end:
+                for c in cands:
+                    what = f"leaf {index} is beyond the log (size {end})"
+                    self.fail(FailureKind.BEYOND_LOG, what, c.record_id, index)
+                continue
+            if len(cands) > 1:
+                found = self.stored_nodes([(0, index)]).get((0, index))
+                cands.sort(key=lambda c: (c.leaf != found, not c.stored_ok))
+                for c in cands[1:]:
+                    self.fail(
+                        FailureKind.DUPLICATE,
+                        f"claims leaf {index}, also claimed by record {cands[0].record_id}"
+                        + ("" if found else " (no checkpoint covers it yet to tell which is authentic)"),
+                        c.record_id, index,
+                    )
+        self.report.uncovered = max(0, size - covered)
+        for index in range(self.base.size, end):
+            if index not in self.pending:
+                self.add_missing(index)
+        for a, b in self.missing:
+            what = f"leaf {a} missing" if b == a + 1 else f"leaves {a}..{b - 1} missing ({b - a} records)"
+            self.report.failures.append(Failure(None, a, what, FailureKind.MISSING))
+        if self.run is not None:
+            self.describe_run(FailureKind.ROOT_MISMATCH)
+
+
+def verify_log(
+    reader: IntegrityReader,
+    verifier: Verifier,
+    log_id: str,
+    *,
+    origin: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> LogReport:
+    """Verify one log end to end; see the module docstring for what is detected.
+
+    ``origin``: the checkpoint origin line the log must use (default: the one most of its
+    checkpoints carry). ``progress(records_checked, log_size)`` is called every few
+    thousand records and at the end. Reads checkpoints first, then streams records, then
+    reads the log size: on a live log, records appended meanwhile past the read log size
+    are reported as ``BEYOND_LOG``; verify a quiet log or rerun to confirm.
+    """
+    return _LogVerifier(reader, verifier, log_id, origin, progress).run_all()
+
+
+def verify_all(
+    reader: IntegrityReader,
+    verifier: Verifier,
+    *,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> list[LogReport]:
+    """:func:`verify_log` for every log the reader knows."""
+    reports = []
+    for log_id in reader.log_ids():
+        cb = (lambda done, total, _l=log_id: progress(_l, done, total)) if progress else None
+        reports.append(verify_log(reader, verifier, log_id, progress=cb))
+    return reports
+
+
+# --- single records ---------------------------------------------------------------------
+
+
+class RecordStatus(StrEnum):
+    VERIFIED = "verified"
+    FAILED = "failed"
+    ERASED = "erased"
+    """Header and commitment are in the signed tree; the content was erased."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordReport:
+    record_id: str
+    status: RecordStatus
+    reason: str
+    log_id: str | None = None
+    leaf_index: int | None = None
+    tree_size: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status != RecordStatus.FAILED
+
+
+def verify_record(
+    record: AuditRecord,
+    proof: Sequence[bytes],
+    checkpoint_note: str,
+    verifier: Verifier,
+    *,
+    origin: str | None = None,
+) -> RecordReport:
+    """Check one record against an inclusion proof and a signed checkpoint.
+
+    Verified means: the checkpoint is signed by ``verifier`` (with ``origin`` if given),
+    the record's content matches its commitment (unless erased), and the leaf recomputed
+    from the record is at ``record.leaf_index`` in the signed tree. Never raises on bad data.
+    """
+    rid = record.record_id
+
+    def failed(reason: str, size: int | None = None) -> RecordReport:
+        return RecordReport(rid, RecordStatus.FAILED, reason, record.log_id, record.leaf_index, size)
+
+    try:
+        cp = open_checkpoint(checkpoint_note, verifier, origin=origin)
+    except NoteError as e:
+        return failed(f"checkpoint rejected: {e}")
+    check = recompute(record)
+    if check.status == LeafStatus.UNSEALED or check.leaf_hash is None:
+        return failed(check.reason, cp.size)
+    if check.content_ok is False:
+        return failed(check.reason, cp.size)
+    index = record.leaf_index
+    assert index is not None  # sealed
+    if index >= cp.size:
+        return failed(f"leaf {index} is not covered by the checkpoint (size {cp.size}) yet", cp.size)
+    try:
+        merkle.verify_inclusion(check.leaf_hash, index, cp.size, list(proof), cp.root_hash)
+    except merkle.ProofError as e:
+        return failed(f"record is not in the signed tree (header or commitment altered, or wrong proof): {e}", cp.size)
+    if not check.stored_leaf_matches:
+        return failed("record is in the signed tree but its stored leaf_hash field was altered", cp.size)
+    if check.erased:
+        return RecordReport(rid, RecordStatus.ERASED, check.reason, record.log_id, index, cp.size)
+    return RecordReport(rid, RecordStatus.VERIFIED, f"leaf {index} is in the signed tree of size {cp.size}",
+                        record.log_id, index, cp.size)
+
