@@ -23,6 +23,7 @@ structured parts as sent whenever any part is not plain text, so nothing is lost
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Any
 
 import orjson
@@ -30,6 +31,10 @@ import orjson
 _TEXT_PART_TYPES = frozenset(("text", "input_text", "output_text"))
 _SYSTEM_ROLES = frozenset(("system", "developer"))
 _ASSISTANT_ROLES = frozenset(("assistant", "model", "ai", "bot"))
+
+
+def _is_text_type(kind: Any) -> bool:
+    return type(kind) is str and kind in _TEXT_PART_TYPES
 
 
 # --- small coercions -------------------------------------------------------------------
@@ -58,14 +63,18 @@ def to_text(value: Any) -> str | None:
 
 
 def to_int(value: Any) -> int | None:
+    """Counts (tokens, top_k) as int; None when not a number or beyond 64 bits (JSON, OpenSearch)."""
     if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, int):
-        return value
-    try:
-        return int(float(value))
-    except (TypeError, ValueError, OverflowError):
-        return None
+    if not isinstance(value, int):
+        try:
+            value = int(float(value))
+        except (TypeError, ValueError, OverflowError):
+            return None
+    return value if -_INT64 <= value < _INT64 else None
+
+
+_INT64 = 2**63
 
 
 def to_float(value: Any) -> float | None:
@@ -75,7 +84,7 @@ def to_float(value: Any) -> float | None:
         f = float(value)
     except (TypeError, ValueError):
         return None
-    return f if f == f and f not in (float("inf"), float("-inf")) else None
+    return f if math.isfinite(f) else None
 
 
 def to_str_list(value: Any) -> list[str]:
@@ -98,20 +107,10 @@ def to_str_list(value: Any) -> list[str]:
 def add_indexed(store: dict[int, dict[str, Any]], rest: str, value: Any) -> bool:
     """`"3.message.role"` → `store[3]["message.role"] = value`. False if `rest` has no index."""
     idx, _, sub = rest.partition(".")
-    if not idx.isdigit() or not sub:
+    if not sub or not idx.isascii() or not idx.isdigit():
         return False
     store.setdefault(int(idx), {})[sub] = value
     return True
-
-
-def unflatten(flat: dict[str, Any], prefix: str) -> dict[int, dict[str, Any]]:
-    """Sub-keys `prefix.N.rest` of one flat dict, grouped by N."""
-    out: dict[int, dict[str, Any]] = {}
-    n = len(prefix)
-    for key, value in flat.items():
-        if key.startswith(prefix):
-            add_indexed(out, key[n:], value)
-    return out
 
 
 # --- messages ---------------------------------------------------------------------------
@@ -134,7 +133,7 @@ def _block_text(block: Any) -> str | None:
         return block
     if not isinstance(block, dict):
         return None
-    if block.get("type", "text") in _TEXT_PART_TYPES:
+    if _is_text_type(block.get("type", "text")):
         text = block.get("text", block.get("content"))
         if isinstance(text, dict):  # Azure agents: {"text": {"value": "..."}}
             text = text.get("value")
@@ -326,10 +325,20 @@ def _legacy_message(flat: dict[str, Any], default_role: str, left: dict[str, Any
         else:
             left[f"{idx}.{key}"] = value
     if calls:
-        msg["tool_calls"] = [
-            {k: v for k, v in calls[i].items() if k in ("id", "name", "arguments", "type")} for i in sorted(calls)
-        ]
+        tool_calls = []
+        for i in sorted(calls):
+            call = {}
+            for k, v in calls[i].items():
+                if k in ("id", "name", "arguments", "type"):
+                    call[k] = v
+                else:
+                    left[f"{idx}.tool_calls.{i}.{k}"] = v
+            tool_calls.append(call)
+        msg["tool_calls"] = tool_calls
     return msg
+
+
+_OI_CALL_KEYS = {"tool_call.id": "id", "tool_call.function.name": "name", "tool_call.function.arguments": "arguments"}
 
 
 def _oi_message(flat: dict[str, Any], default_role: str, left: dict[str, Any], idx: int) -> dict[str, Any]:
@@ -371,6 +380,8 @@ def _oi_message(flat: dict[str, Any], default_role: str, left: dict[str, Any], i
             parts.append(part)
             if kind == "text" and isinstance(c.get("message_content.text"), str):
                 texts.append(c["message_content.text"])
+                if len(c) > 2 or (len(c) == 2 and "message_content.type" not in c):
+                    structured = True  # more than the text: keep the part as sent
             else:
                 structured = True
         if texts and "content" not in msg:
@@ -381,12 +392,14 @@ def _oi_message(flat: dict[str, Any], default_role: str, left: dict[str, Any], i
         tool_calls = []
         for i in sorted(calls):
             c = calls[i]
-            call = {
-                "id": c.get("tool_call.id"),
-                "name": c.get("tool_call.function.name"),
-                "arguments": c.get("tool_call.function.arguments"),
-            }
-            tool_calls.append({k: v for k, v in call.items() if v is not None})
+            call = {}
+            for k, v in c.items():
+                short = _OI_CALL_KEYS.get(k)
+                if short is not None:
+                    call[short] = v
+                elif i >= 0:
+                    left[f"{idx}.message.tool_calls.{i}.{k}"] = v
+            tool_calls.append(call)
         msg["tool_calls"] = tool_calls
     return msg
 
@@ -408,7 +421,7 @@ def text_of_parts(value: Any) -> str | None:
             if "parts" in part:  # a whole message
                 t = text_of_parts(part["parts"])
             else:
-                t = _block_text(part) if part.get("type", "text") in _TEXT_PART_TYPES else None
+                t = _block_text(part)
             if t:
                 texts.append(t)
     return "\n".join(texts) if texts else None

@@ -38,14 +38,19 @@ attributes}` (one entry per occurrence, in order; exception events are kept ther
 `error_type` / `error_message` were taken from them); indexed sub-keys a mapping did not use
 (e.g. `llm.output_messages.0.message.foo`), under their original key. When an attribute
 names a field that another, preferred attribute already filled with a different value, the
-losing one stays in `raw_attributes` too. Message values that cannot be read (e.g. JSON
-truncated by an attribute length limit) stay there as sent.
+losing one stays in `raw_attributes` too, and so do the kind markers
+(`openinference.span.kind`, `traceloop.span.kind`, `llm.request.type`) when `operation`
+(`gen_ai.operation.name`, else the marker's value in lower case) does not already say the
+same. Message values that cannot be read (e.g. JSON truncated by an attribute length limit)
+stay there as sent. The attributes of a per-message event or of an inference-details event,
+other than the message itself, count as attributes of its span (the span's own win).
 
 **Never a raw user id.** `enduser.id`, `user.id`, `enduser.pseudo.id`, `user.email`,
 `user.name`, `gen_ai.user`, `llm.user`, Traceloop `traceloop.association.properties.user_id`
 (and `userId`, `user`), and the OpenAI `user` / `safety_identifier` request parameter (in
 `llm.invocation_parameters`) become `user_pseudonym = pseudonymise(value)` and are removed;
-`client.address` / `http.client_ip` become `client_ip_hash`. Every other occurrence of
+`client.address` / `http.client_ip` become `client_ip_hash` (on a resource, such keys are
+dropped). Every other occurrence of
 those raw values inside `raw_attributes`, `request_params` and `template_variables` text
 (e.g. the request body in OpenInference `input.value`) is replaced by its pseudonym. Message
 *content* is left as sent: redacting what people typed is the PII stage's job.
@@ -82,9 +87,10 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from aitrail import __version__
 from aitrail.schemas.record import AuditRecord, record_id_for
 from aitrail.schemas.timefmt import ns_to_iso
+
+from aitrail import __version__
 
 from .genai_content import (
     assistant_text,
@@ -353,7 +359,7 @@ def _classify(key: str) -> tuple[Any, ...]:
                             c = (_TL_RAW,)
                     else:
                         idx, _, sub = rest.partition(".")
-                        if idx.isdigit() and sub:
+                        if sub and idx.isascii() and idx.isdigit():
                             c = (_IDX, route, int(idx), sub)
                     break
         elif key.startswith("traceloop."):
@@ -772,6 +778,11 @@ def _build_record(src: _Source, attrs: dict[str, Any], res: _Resource, ctx: _Ctx
             rec[field] = value
     if operation is not None:
         rec["operation"] = operation
+    if special:  # the markers that named the kind; kept when `operation` does not say the same
+        for key in _MARKERS_KEPT.intersection(special):
+            value = special[key]
+            if not isinstance(value, str) or value.lower() != operation:
+                raw[key] = value
     if assoc_session is not None and "session_id" not in rec:
         rec["session_id"] = to_text(assoc_session)
 
@@ -902,6 +913,8 @@ def _invocation_parameters(
     return users
 
 
+_MARKERS_KEPT = frozenset(("gen_ai.operation.name", "openinference.span.kind", "traceloop.span.kind",
+                           "llm.request.type"))
 _KEEP_RAW = frozenset((
     "input.value", "output.value", "input.mime_type", "output.mime_type", "db.system", "db.system.name",
     "traceloop.entity.name", "traceloop.entity.input", "traceloop.entity.output",
@@ -967,7 +980,7 @@ def _kind(
         if isinstance(oi, str):
             kind = _OI_KINDS.get(oi.upper())
             if kind is not None:
-                return kind, oi.lower(), False
+                return kind, op or oi.lower(), False
         if op is not None:
             kind = _GEN_AI_OPS.get(op)
             if kind == PROMPT or (kind is None and "aitrail.prompt.template_id" in attrs):
@@ -978,10 +991,10 @@ def _kind(
         if isinstance(tl, str) and tl:
             kind = _TL_KINDS.get(tl.lower())
             if kind is not None:
-                return kind, tl, False
+                return kind, op or tl.lower(), False
         rt = special.get("llm.request.type")
         if isinstance(rt, str) and rt:
-            return _TL_REQUEST_TYPES.get(rt.lower(), COMPLETION), op or rt, False
+            return _TL_REQUEST_TYPES.get(rt.lower(), COMPLETION), op or rt.lower(), False
     if "aitrail.prompt.template_id" in attrs:
         return PROMPT, "prompt", True
     if not _AITRAIL_RETRIEVAL_KEYS.isdisjoint(attrs):

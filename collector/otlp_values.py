@@ -33,7 +33,12 @@ def any_value_to_py(value: Any) -> Any:
             out.append(s if s else any_value_to_py(v))
         return out
     if which == "kvlist_value":
-        return {kv.key: any_value_to_py(kv.value) for kv in value.kvlist_value.values}
+        out_d = {}
+        for kv in value.kvlist_value.values:
+            v = kv.value
+            s = v.string_value
+            out_d[kv.key] = s if s else any_value_to_py(v)
+        return out_d
     if which == "bytes_value":
         return base64.b64encode(value.bytes_value).decode("ascii")
     return None  # a newer proto with a value kind this code does not know

@@ -4,10 +4,15 @@ openai chat call instrumented by each package, each mapped to the same facts."""
 from __future__ import annotations
 
 import pytest
-from normalise_builders import CAPTURES, INGESTED, SHARED_CAPTURES, load_logs, load_traces
-
 from aitrail.collector.normalise import normalise_logs, normalise_traces
 from aitrail.schemas.canonical import canonical_json, record_from_json
+from normalise_builders import (
+    CAPTURES,
+    INGESTED,
+    SHARED_CAPTURES,
+    load_logs,
+    load_traces,
+)
 
 QUESTION = "What is our refund policy for damaged items?"
 ANSWER = "Damaged items can be refunded within 30 days with a receipt."
@@ -100,3 +105,17 @@ def test_repository_copies_match_the_shared_captures():
     for path in sorted(SHARED_CAPTURES.glob("*/*.pb")):
         copy = CAPTURES / path.parent.name / path.name
         assert copy.read_bytes() == path.read_bytes(), copy
+
+
+def test_traces_data_and_logs_data_are_accepted_too():
+    from opentelemetry.proto.logs.v1.logs_pb2 import LogsData
+    from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
+
+    request = load_traces(CAPTURES / "otelv2-span" / "00-traces.pb")
+    data = TracesData(resource_spans=request.resource_spans)
+    assert normalise_traces(data, "acme", ingested_at=INGESTED) == normalise_traces(request, "acme",
+                                                                                     ingested_at=INGESTED)
+    log_request = load_logs(CAPTURES / "otelv2-events" / "00-logs.pb")
+    log_data = LogsData(resource_logs=log_request.resource_logs)
+    assert normalise_logs(log_data, "acme", ingested_at=INGESTED) == normalise_logs(log_request, "acme",
+                                                                                    ingested_at=INGESTED)

@@ -9,10 +9,9 @@ from datetime import datetime
 from decimal import Decimal
 
 import pytest
-from normalise_builders import INGESTED, T0, span, traces
-
 from aitrail.collector.normalise import default_pseudonymise, normalise_traces
 from aitrail.schemas.canonical import canonical_json
+from normalise_builders import INGESTED, T0, span, traces
 
 Q = "What is our refund policy for damaged items?"
 A = "Damaged items can be refunded within 30 days with a receipt."
@@ -85,6 +84,7 @@ def test_legacy_gen_ai_indexed_with_tool_calls():
     (msg,) = record.output_messages
     assert msg.tool_calls == [{"id": "call_1", "name": "lookup_order", "arguments": '{"order_id": "A-1"}'}]
     assert record.finish_reasons == ["tool_calls"]
+    assert record.raw_attributes["gen_ai.completion.0.tool_calls.0.weird"] == "kept"
 
 
 def test_per_message_span_events():
@@ -224,7 +224,7 @@ def test_openinference_reranker():
         "reranker.model_name": "cross-encoder/ms-marco-MiniLM-L-6-v2",
         "reranker.top_k": 2,
     }
-    for i, (doc_id, score, content, _) in enumerate(DOCS):
+    for i, (doc_id, _, content, _) in enumerate(DOCS):
         attrs[f"reranker.input_documents.{i}.document.id"] = doc_id
         attrs[f"reranker.input_documents.{i}.document.content"] = content
     for i, (doc_id, score, content, _) in enumerate([DOCS[1], DOCS[0]]):
@@ -664,3 +664,30 @@ def test_record_ids_are_deterministic_and_per_tenant():
     b = normalise_traces(traces(sp), "acme", ingested_at="2030-01-01T00:00:00.000000000Z")[0]
     c = normalise_traces(traces(sp), "other", ingested_at=INGESTED)[0]
     assert a.record_id == b.record_id != c.record_id
+
+
+def test_openinference_contents_and_tool_calls():
+    record = one(span({
+        "openinference.span.kind": "LLM",
+        "llm.provider": "openai",
+        "llm.input_messages.0.message.role": "user",
+        "llm.input_messages.0.message.contents.0.message_content.type": "text",
+        "llm.input_messages.0.message.contents.0.message_content.text": "What is in this photo?",
+        "llm.input_messages.0.message.contents.1.message_content.type": "image",
+        "llm.input_messages.0.message.contents.1.message_content.image.image.url": "https://x/y.png",
+        "llm.output_messages.0.message.role": "assistant",
+        "llm.output_messages.0.message.tool_calls.0.tool_call.id": "call_9",
+        "llm.output_messages.0.message.tool_calls.0.tool_call.function.name": "describe",
+        "llm.output_messages.0.message.tool_calls.0.tool_call.function.arguments": '{"detail": "high"}',
+        "llm.output_messages.0.message.tool_calls.0.tool_call.reasoning_signature": "sig",
+        "llm.tools.0.tool.json_schema": '{"type": "function"}',
+    }))
+    (user,) = record.input_messages
+    assert user.content == "What is in this photo?"
+    assert user.parts[1] == {"type": "image", "image.image.url": "https://x/y.png"}
+    (out,) = record.output_messages
+    assert out.tool_calls == [{"id": "call_9", "name": "describe", "arguments": '{"detail": "high"}'}]
+    raw = record.raw_attributes
+    assert raw["llm.output_messages.0.message.tool_calls.0.tool_call.reasoning_signature"] == "sig"
+    assert raw["llm.tools.0.tool.json_schema"] == '{"type": "function"}'
+    assert record.provider == "openai" and record.question == "What is in this photo?" and record.answer is None

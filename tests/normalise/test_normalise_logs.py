@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from normalise_builders import INGESTED, T0, log_record, logs, new_ids, span, traces
-
 from aitrail.collector.normalise import normalise_logs, normalise_traces
 from aitrail.schemas.record import record_id_for
+from normalise_builders import INGESTED, T0, log_record, logs, new_ids, span, traces
 
 Q = "What is our refund policy for damaged items?"
 A = "Damaged items can be refunded within 30 days with a receipt."

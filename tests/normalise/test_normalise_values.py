@@ -5,13 +5,12 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from aitrail.collector.otlp_values import any_value_to_py, attributes_to_dict, id_hex
+from aitrail.schemas.timefmt import iso_to_ns, ns_to_iso
 from hypothesis import given
 from hypothesis import strategies as st
 from normalise_builders import any_value
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
-
-from aitrail.collector.otlp_values import any_value_to_py, attributes_to_dict, id_hex
-from aitrail.schemas.timefmt import iso_to_ns, ns_to_iso
 
 MAX_NS = 253402300799_999_999_999  # 9999-12-31T23:59:59.999999999Z
 
