@@ -67,11 +67,14 @@ def _cli_principal(tenant: str):
 
 def _query_service(settings: Settings):
     from .collector.pipeline import hmac_pseudonymiser
+    from .collector.sequencing import configured_verifier
     from .query_api.service import QueryService
     from .store import open_store
 
     store = open_store(settings)
-    return QueryService(store, pseudonymise=hmac_pseudonymiser(store.secret("pseudonym")))
+    return QueryService(
+        store, pseudonymise=hmac_pseudonymiser(store.secret("pseudonym")), verifier=configured_verifier(settings)
+    )
 
 
 async def _run_until_signal(run) -> None:
@@ -190,6 +193,17 @@ def cmd_keys(args: argparse.Namespace) -> int:
             for info in store.list_keys(args.tenant):
                 state = f"revoked {info.revoked_at}" if info.revoked_at else "active"
                 print(f"{info.key_id}\t{info.tenant}\t{info.role}\t{info.created_at}\t{state}")
+        elif args.keys_command == "signing":
+            from .collector.sequencing import ensure_signing_key, public_key_path
+
+            path = public_key_path(settings)
+            if args.create:
+                signer = ensure_signing_key(settings, store)
+                print(signer.verifier().to_vkey())
+            elif path.exists():
+                print(path.read_text().strip())
+            else:
+                raise AitrailError(f"no signing key yet ({path} missing); create it with `aitrail keys signing --create`")
         elif args.keys_command == "revoke":
             if not store.revoke_key(args.key_id):
                 raise AitrailError(f"no active key with id {args.key_id}")
@@ -226,6 +240,84 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     render_replay(result, args.tz)
     return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Exit 0 only when everything checked verifies; 1 on any failure (each printed)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .collector.sequencing import CheckpointFile, configured_verifier
+    from .integrity.verify import verify_log, verify_record
+    from .query_api.integrity import Proofs
+    from .store import open_store
+
+    settings = _settings(args)
+    verifier = configured_verifier(settings, args.public_key)
+    if verifier is None:
+        raise AitrailError("no public key: pass --public-key (a vkey or a .pub file) or configure integrity.signing_key_file")
+    if args.bundle:
+        raise AitrailError(
+            "export bundles are written by `aitrail export`, which this version does not have yet; "
+            "verify the store with --log or --record"
+        )
+    store = open_store(settings)
+    failures = 0
+    try:
+        if args.record:
+            record = store.get(args.tenant or settings.collector.default_tenant, args.record)
+            if record is None:
+                raise AitrailError(f"no record {args.record} for tenant {args.tenant or settings.collector.default_tenant}")
+            proof = Proofs(store, verifier).proof(record)
+            report = verify_record(record, proof.path, proof.checkpoint.note, verifier)
+            print(f"record {record.record_id}: {report.status} ({report.reason})")
+            return 0 if report.ok else 1
+        log_ids = [args.log] if args.log else store.log_ids()
+        if args.log and args.log not in store.log_ids():
+            raise AitrailError(f"no log {args.log}; logs: {', '.join(store.log_ids()) or 'none'}")
+        checkpoint_file = CheckpointFile(settings.integrity.checkpoint_dir or settings.data_dir / "checkpoints")
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=_stderr_console(), transient=True,
+        ) as progress:
+            for log_id in log_ids:
+                task = progress.add_task(f"log {log_id}", total=store.log_size(log_id) or None)
+                report = verify_log(
+                    store, verifier, log_id, progress=lambda done, total: progress.update(task, completed=done, total=total)
+                )
+                problems = [str(f) for f in report.failures] + _compare_checkpoint_file(store, checkpoint_file, log_id)
+                failures += len(problems)
+                state = "OK" if not problems else f"{len(problems)} FAILURE(S)"
+                progress.console.print(
+                    f"log {log_id}: {state} — {report.records_checked} records, {report.checkpoints_checked} "
+                    f"checkpoints, verified up to size {report.verified_size}"
+                    + (f", {report.uncovered} newer leaves not yet under a checkpoint" if report.uncovered else "")
+                    + (f", {report.erased} erased" if report.erased else "")
+                )
+                for problem in problems:
+                    print(f"FAILED {log_id} {problem}")
+        if not log_ids:
+            print("no logs to verify", file=sys.stderr)
+    finally:
+        store.close()
+    return 1 if failures else 0
+
+
+def _compare_checkpoint_file(store, checkpoint_file, log_id: str) -> list[str]:
+    """Checkpoints kept outside the store must all be in it, unchanged."""
+    stored = {cp.size: cp.note for cp in store.checkpoints(log_id)}
+    problems = []
+    for cp in checkpoint_file.read(log_id):
+        if cp.size not in stored:
+            problems.append(f"checkpoint for size {cp.size} is in the checkpoint file but missing from the store")
+        elif stored[cp.size] != cp.note:
+            problems.append(f"checkpoint for size {cp.size} differs between the store and the checkpoint file")
+    return problems
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -305,7 +397,22 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = key_commands.add_parser("revoke", help="revoke a key by its id")
     _common(revoke)
     revoke.add_argument("key_id")
+    signing = key_commands.add_parser(
+        "signing", help="print the checkpoint signing key's public half (a note verifier key), alone, on stdout"
+    )
+    _common(signing)
+    signing.add_argument("--create", action="store_true", help="create the key pair first if there is none")
     keys.set_defaults(func=cmd_keys)
+
+    verify = commands.add_parser("verify", help="check records, logs and checkpoints; non-zero exit on any failure")
+    _common(verify)
+    selector = verify.add_mutually_exclusive_group()
+    selector.add_argument("--record", help="one record id (with --tenant)")
+    selector.add_argument("--log", help="one log id (default: every log)")
+    selector.add_argument("--bundle", type=Path, help="an export bundle directory")
+    verify.add_argument("--tenant", help="tenant of --record (default: the collector's default tenant)")
+    verify.add_argument("--public-key", help="verifier key (vkey text or a .pub file); default: the configured key's .pub")
+    verify.set_defaults(func=cmd_verify)
 
     demo = commands.add_parser("demo", help="send sample RAG traffic to a running aitrail")
     demo.add_argument("--endpoint", default="http://127.0.0.1:4318", help="OTLP/HTTP base URL")

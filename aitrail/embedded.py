@@ -18,7 +18,8 @@ import uvicorn
 from aitrail.bus.base import BusMessage
 from aitrail.bus.local import LocalBus
 from aitrail.collector.cost import PriceTable
-from aitrail.collector.pipeline import Pipeline, hmac_pseudonymiser, pricer_for, run_collector
+from aitrail.collector.pipeline import Pipeline, checkpoint_timer, hmac_pseudonymiser, pricer_for, run_collector
+from aitrail.collector.sequencing import open_sequencing
 from aitrail.gateway.grpc import otlp_grpc_server
 from aitrail.gateway.http import otlp_http_app
 from aitrail.gateway.ingest import IngestAuth, ingest_in_process
@@ -102,21 +103,28 @@ async def embedded(settings: Settings) -> AsyncIterator[tuple[SqliteStore, Ports
             metrics.records_written.inc(stored.written)
             metrics.records_duplicate.inc(stored.duplicates)
 
+        sequencing = open_sequencing(settings, store, create_key=True)
         # Order matters on the way down (the stack unwinds in reverse): receivers stop taking
         # data first, then the collector drains, then the store closes.
         collector = asyncio.create_task(
-            run_collector(bus.batches(), pipeline, store, on_written=written, give_up_after_s=10.0)
+            run_collector(bus.batches(), pipeline, sequencing or store, on_written=written, give_up_after_s=10.0)
         )
+        tasks = [collector]
+        if sequencing is not None:
+            tasks.append(asyncio.create_task(checkpoint_timer(sequencing)))
 
         async def stop_collector() -> None:
-            collector.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await collector
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
         stack.push_async_callback(stop_collector)
 
         api_sock = listen(settings.host, settings.api_port)
-        api = create_app(store, pseudonymise=pseudonymise, metrics=metrics)
+        verifier = sequencing.signer.verifier() if sequencing is not None else None
+        api = create_app(store, pseudonymise=pseudonymise, metrics=metrics, verifier=verifier)
         await serve_app(api, api_sock, stack)
 
         auth = IngestAuth(store.authenticate, required=settings.ingest.require_auth,

@@ -21,7 +21,10 @@ from starlette.routing import Route
 from aitrail import __version__
 from aitrail.bus.kafka import KafkaBus
 from aitrail.collector.cost import PriceTable
-from aitrail.collector.pipeline import BatchResult, Pipeline, hmac_pseudonymiser, pricer_for, run_collector
+from aitrail.collector.pipeline import (
+    BatchResult, Pipeline, checkpoint_timer, hmac_pseudonymiser, pricer_for, run_collector,
+)
+from aitrail.collector.sequencing import configured_verifier, open_sequencing
 from aitrail.embedded import listen, serve_app
 from aitrail.errors import AitrailError, Unavailable
 from aitrail.gateway.grpc import otlp_grpc_server
@@ -123,9 +126,25 @@ async def collector(settings: Settings, *, store=None) -> AsyncIterator[Callable
             default_tenant=settings.collector.default_tenant, pricer=pricer_for(prices),
             pseudonymise=hmac_pseudonymiser(store.secret("pseudonym")),
         )
+        sequencing = open_sequencing(settings, store, create_key=False)
+
+        async def assigned(partitions) -> None:
+            if sequencing is None:
+                return
+            logs = {f"{tp.topic}.{tp.partition}": tp for tp in partitions}
+            await asyncio.to_thread(sequencing.assign, logs)
+            for log_id, tp in logs.items():
+                resume = await asyncio.to_thread(sequencing.resume_position, log_id)
+                if resume is not None:
+                    await bus.seek_forward(tp, resume)  # past what this log already holds
+
+        async def revoked(partitions) -> None:
+            if sequencing is not None:
+                await asyncio.to_thread(sequencing.forget, [f"{tp.topic}.{tp.partition}" for tp in partitions])
+
         bus = KafkaBus(
             settings.kafka, produce=True, consume=True, max_batch=settings.collector.batch_max_messages,
-            fetch_wait_ms=settings.collector.batch_max_wait_ms,
+            fetch_wait_ms=settings.collector.batch_max_wait_ms, on_assigned=assigned, on_revoked=revoked,
         )
         await _retry_start("Kafka", bus.__aenter__)
         stack.push_async_callback(bus.close)
@@ -139,9 +158,10 @@ async def collector(settings: Settings, *, store=None) -> AsyncIterator[Callable
             metrics.dead_letters.inc()
 
         task = asyncio.create_task(
-            run_collector(bus.batches(), pipeline, store, on_written=written, on_retry=metrics.store_retries.inc,
-                          on_dead_letter=dead)
+            run_collector(bus.batches(), pipeline, sequencing or store, on_written=written,
+                          on_retry=metrics.store_retries.inc, on_dead_letter=dead)
         )
+        timer = asyncio.create_task(checkpoint_timer(sequencing)) if sequencing is not None else None
 
         async def ready() -> str | None:
             if not await bus.ping():
@@ -152,9 +172,15 @@ async def collector(settings: Settings, *, store=None) -> AsyncIterator[Callable
 
         async def watch_lag() -> None:
             while True:
-                for tp, lag in (await bus.lag()).items():
-                    metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
-                await asyncio.sleep(5)
+                try:
+                    lags = await bus.lag()
+                except Exception as exc:  # Kafka away: keep the last figures, try again later
+                    log.debug("consumer lag unavailable: %s", exc)
+                else:
+                    metrics.consumer_lag.clear()  # partitions this collector no longer owns drop out
+                    for tp, lag in lags.items():
+                        metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+                await asyncio.sleep(2)
 
         lag_task = asyncio.create_task(watch_lag())
         ops = Starlette(routes=operations_routes(metrics, ready))
@@ -166,6 +192,8 @@ async def collector(settings: Settings, *, store=None) -> AsyncIterator[Callable
 
         async def stop() -> None:
             lag_task.cancel()
+            if timer is not None:
+                timer.cancel()
             if not task.done():
                 bus.stop()
                 try:
@@ -184,7 +212,9 @@ async def api(settings: Settings) -> AsyncIterator[int]:
     async with contextlib.AsyncExitStack() as stack:
         store = open_store(settings)
         stack.callback(store.close)
-        app = create_app(store, pseudonymise=hmac_pseudonymiser(store.secret("pseudonym")))
+        app = create_app(
+            store, pseudonymise=hmac_pseudonymiser(store.secret("pseudonym")), verifier=configured_verifier(settings)
+        )
         sock = listen(settings.host, settings.api_port)
         await serve_app(app, sock, stack)
         yield sock.getsockname()[1]

@@ -23,7 +23,9 @@ from aitrail.errors import AitrailError, Forbidden, Unauthorized
 from aitrail.metrics import CONTENT_TYPE_LATEST, Metrics
 from aitrail.store.base import COST_GROUPS, Principal, Role, Store
 
-from .service import AnswersOut, CostsOut, ErrorResponse, IntegrityCheck, QueryService, TraceOut
+from aitrail.integrity.note import Verifier
+
+from .service import AnswersOut, CheckpointsOut, CostsOut, ErrorResponse, ProofOut, QueryService, TraceOut
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +66,11 @@ def create_app(
     *,
     pseudonymise: Callable[[str], str],
     metrics: Metrics | None = None,
-    integrity: IntegrityCheck | None = None,
+    verifier: Verifier | None = None,
 ) -> FastAPI:
-    """`integrity(principal, records)` reports a replay's integrity status."""
+    """`verifier` (the checkpoint signing key's public half) checks proofs for replays."""
     metrics = metrics or Metrics()
-    queries = QueryService(store, pseudonymise=pseudonymise, integrity=integrity)
+    queries = QueryService(store, pseudonymise=pseudonymise, verifier=verifier)
     app = FastAPI(
         title="aitrail query API",
         version=__version__,
@@ -125,6 +127,18 @@ def create_app(
     @app.get("/v1/records/{record_id}", responses=_ERRORS, tags=["records"])
     async def record(principal: Reader, record_id: str) -> dict[str, Any]:
         return await run_in_threadpool(queries.record, principal, record_id)
+
+    @app.get("/v1/records/{record_id}/proof", response_model=ProofOut, responses=_ERRORS, tags=["integrity"])
+    async def proof(principal: Reader, record_id: str) -> ProofOut:
+        """Inclusion proof of the record in its Merkle log, against the newest signed checkpoint."""
+        return await run_in_threadpool(queries.proof, principal, record_id)
+
+    @app.get("/v1/checkpoints/latest", response_model=CheckpointsOut, responses=_ERRORS, tags=["integrity"])
+    async def checkpoints(
+        principal: Reader, log: Annotated[str | None, Query(description="One log id; default every log.")] = None
+    ) -> CheckpointsOut:
+        """Newest signed checkpoint (C2SP signed note) of each log: size, root hash, signature."""
+        return await run_in_threadpool(queries.latest_checkpoints, log)
 
     @app.get("/v1/costs", response_model=CostsOut, responses=_ERRORS, tags=["costs"])
     async def costs(

@@ -12,6 +12,10 @@ from aitrail.errors import BadRequest, NotFound
 from aitrail.schemas.canonical import record_to_dict
 from aitrail.store.base import AnswerQuery, CostQuery, Principal, Role, Store
 
+from aitrail.integrity.note import Verifier
+from aitrail.integrity.verify import verify_record
+
+from .integrity import Proofs
 from .replay import for_role, merge_fragments
 from .timeparse import parse_when, parse_window, to_iso
 
@@ -72,14 +76,35 @@ class CostsOut(BaseModel):
 
 
 
-IntegrityCheck = Callable[[Principal, list], dict[str, Any]]
+class ProofOut(BaseModel):
+    record_id: str
+    log_id: str
+    leaf_index: int
+    leaf_hash: str | None
+    tree_size: int
+    root_hash: str
+    inclusion_proof: list[str] = Field(description="Sibling hashes, leaf side first (RFC 9162 inclusion path), hex.")
+    checkpoint: str = Field(description="The signed checkpoint (C2SP signed note) the proof is against.")
+    status: str = Field(description="The server's own check: verified, erased or failed.")
+
+
+class CheckpointOut(BaseModel):
+    log_id: str
+    size: int
+    root_hash: str
+    signed_at: str
+    note: str
+
+
+class CheckpointsOut(BaseModel):
+    data: list[CheckpointOut]
 
 
 class QueryService:
-    def __init__(self, store: Store, *, pseudonymise: Callable[[str], str], integrity: IntegrityCheck | None = None):
+    def __init__(self, store: Store, *, pseudonymise: Callable[[str], str], verifier: Verifier | None = None):
         self.store = store
         self.pseudonymise = pseudonymise
-        self.integrity = integrity
+        self.proofs = Proofs(store, verifier)
 
     def answers(
         self,
@@ -126,11 +151,41 @@ class QueryService:
         records = self.store.trace(principal.tenant, trace_id)
         if not records:
             raise NotFound(f"no trace {trace_id}")
-        views = [for_role(v, principal.role) for v in merge_fragments(records)]
-        report = self.integrity(principal, records) if self.integrity else {
-            "status": "not_protected", "reason": "this store keeps no Merkle log; records carry no proof",
-        }
+        report = self.proofs.report(records)
+        views = []
+        for view in merge_fragments(records):
+            checks = [report["records"][rid] for rid in view["fragments"] if rid in report["records"]]
+            failed = [c for c in checks if c["status"] == "failed"]
+            view["integrity"] = failed[0] if failed else (checks[0] if checks else {"status": report["status"]})
+            views.append(for_role(view, principal.role))
         return TraceOut(trace_id=trace_id, records=views, integrity=report)
+
+    def proof(self, principal: Principal, record_id: str) -> ProofOut:
+        record = self.store.get(principal.tenant, record_id)
+        if record is None:
+            raise NotFound(f"no record {record_id}")
+        proof = self.proofs.proof(record)
+        status = "unverifiable"
+        if self.proofs.verifier is not None:
+            status = str(verify_record(record, proof.path, proof.checkpoint.note, self.proofs.verifier).status)
+        return ProofOut(
+            record_id=record.record_id, log_id=record.log_id, leaf_index=record.leaf_index, leaf_hash=record.leaf_hash,
+            tree_size=proof.checkpoint.size, root_hash=proof.checkpoint.root_hash.hex(),
+            inclusion_proof=[h.hex() for h in proof.path], checkpoint=proof.checkpoint.note, status=status,
+        )
+
+    def latest_checkpoints(self, log_id: str | None = None) -> CheckpointsOut:
+        log_ids = [log_id] if log_id else self.store.log_ids()
+        found = [cp for cp in (self.store.latest_checkpoint(i) for i in log_ids) if cp is not None]
+        if log_id and not found:
+            raise NotFound(f"no checkpoint for log {log_id}")
+        return CheckpointsOut(
+            data=[
+                CheckpointOut(log_id=cp.log_id, size=cp.size, root_hash=cp.root_hash.hex(), signed_at=cp.signed_at,
+                              note=cp.note)
+                for cp in found
+            ]
+        )
 
     def record(self, principal: Principal, record_id: str) -> dict[str, Any]:
         found = self.store.get(principal.tenant, record_id)

@@ -89,3 +89,34 @@ def test_config_file_and_environment(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("AITRAIL_COLLECTOR__DEFAULT_TENANT", "default")  # environment beats the file
     assert main(["answers", "--config", str(config), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["count"] == 1
+
+
+def test_verify_names_the_tampered_record_and_exits_1(tmp_path, capsys):
+    from aitrail.collector.sequencing import open_sequencing
+    from aitrail.schemas.canonical import canonical_json
+    from aitrail.settings import load_settings
+
+    settings = load_settings(None, data_dir=tmp_path)
+    store = SqliteStore.in_dir(tmp_path)
+    sequencing = open_sequencing(settings, store, create_key=True)
+    records = [completion("default", trace=40 + i, time=iso(24, 9, i)) for i in range(10)]
+    sequencing.write(records)
+    sequencing.tick()
+    assert main(["verify", "--data-dir", str(tmp_path)]) == 0
+    capsys.readouterr()
+
+    victim = records[4]
+    stored = store.get("default", victim.record_id)
+    conn = store._conn()
+    conn.execute("DROP TRIGGER records_append_only")
+    conn.execute("UPDATE records SET body = ? WHERE record_id = ?",
+                 (canonical_json(stored.model_copy(update={"answer": "Never refunded."})), victim.record_id))
+    assert main(["verify", "--data-dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert f"record {victim.record_id}" in out and "CONTENT_ALTERED" in out.upper()
+    assert main(["verify", "--record", victim.record_id, "--data-dir", str(tmp_path)]) == 1
+
+    conn.execute("DELETE FROM checkpoints WHERE size = (SELECT max(size) FROM checkpoints)")
+    assert main(["verify", "--data-dir", str(tmp_path)]) == 1
+    assert "missing from the store" in capsys.readouterr().out
+    store.close()

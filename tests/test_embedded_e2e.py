@@ -271,3 +271,57 @@ def test_health_docs_and_page(server):
     assert page.status_code == 200 and "aitrail" in page.text and "/v1/answers" in page.text
     metrics = httpx.get(server.api + "/metrics", timeout=10).text
     assert "aitrail_otlp_items_received_total" in metrics
+
+
+def wait_verified(server, keys, trace_id):
+    def verified():
+        body = get(server, keys, f"/v1/traces/{trace_id}").json()
+        return body if body["integrity"]["status"] == "verified" else None
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if (body := verified()) is not None:
+            return body
+        time.sleep(0.1)
+    raise AssertionError("the trace was not covered by a signed checkpoint within 30 s")
+
+
+def test_replay_reports_integrity_and_proofs_verify_offline(server, keys):
+    from aitrail.collector.sequencing import public_key_path
+    from aitrail.integrity import merkle
+    from aitrail.integrity.keys import load_verifier
+    from aitrail.integrity.note import open_checkpoint
+
+    trace_id = wait_for_answer(server, keys, "warranty http")["data"][0]["trace_id"]
+    replay = wait_verified(server, keys, trace_id)
+    (record,) = replay["records"]
+    assert record["integrity"]["status"] == "verified"
+    assert record["log_id"] == "local" and isinstance(record["leaf_index"], int)
+
+    proof = get(server, keys, f"/v1/records/{record['record_id']}/proof").json()
+    assert proof["status"] == "verified" and proof["tree_size"] > proof["leaf_index"]
+    verifier = load_verifier(public_key_path(server.settings))
+    checkpoint = open_checkpoint(proof["checkpoint"], verifier)
+    assert checkpoint.root_hash.hex() == proof["root_hash"] and checkpoint.size == proof["tree_size"]
+    merkle.verify_inclusion(bytes.fromhex(proof["leaf_hash"]), proof["leaf_index"], proof["tree_size"],
+                            [bytes.fromhex(h) for h in proof["inclusion_proof"]], checkpoint.root_hash)
+    assert get(server, keys, f"/v1/records/{record['record_id']}/proof", tenant="globex").status_code == 404
+
+    latest = get(server, keys, "/v1/checkpoints/latest").json()["data"]
+    assert [c["log_id"] for c in latest] == ["local"] and latest[0]["size"] >= proof["tree_size"]
+    assert get(server, keys, "/v1/checkpoints/latest", log="nope").status_code == 404
+
+
+def test_verify_cli_on_the_running_store(server, keys, capsys):
+    from aitrail.cli import main
+
+    wait_verified(server, keys, wait_for_answer(server, keys, "warranty grpc")["data"][0]["trace_id"])
+    data_dir = str(server.settings.data_dir)
+    assert main(["verify", "--data-dir", data_dir]) == 0
+    out = capsys.readouterr()
+    assert "log local: OK" in out.err + out.out
+    record_id = get(server, keys, "/v1/answers", q="warranty grpc").json()["data"][0]["record_id"]
+    assert main(["verify", "--record", record_id, "--tenant", "acme", "--data-dir", data_dir]) == 0
+    assert "verified" in capsys.readouterr().out
+    assert main(["keys", "signing", "--data-dir", data_dir]) == 0
+    assert capsys.readouterr().out.startswith("aitrail/")

@@ -246,6 +246,14 @@ class KafkaBus:
         except KafkaError as exc:  # e.g. a rebalance took the partition: the new owner replays
             log.warning("offset commit failed (the messages will be delivered again): %s", exc)
 
+    async def seek_forward(self, tp: TopicPartition, offset: int) -> None:
+        """Start consuming `tp` at `offset` if the committed position is behind it (records up
+        to there are already stored: a crash came between storing and committing)."""
+        committed = await self._consumer.committed(tp)
+        if committed is None or committed < offset:
+            log.info("resuming %s at offset %d (committed: %s)", tp, offset, committed)
+            self._consumer.seek(tp, offset)
+
     def _rewind(self, offsets: dict[TopicPartition, int]) -> None:
         assigned = self._consumer.assignment()
         for tp, offset in offsets.items():
@@ -259,10 +267,8 @@ class KafkaBus:
             return {}
         out = {}
         for tp in consumer.assignment():
-            end = consumer.highwater(tp)
-            if end is None:
-                continue
-            out[tp] = max(0, end - await consumer.position(tp))
+            end = consumer.highwater(tp)  # None until the first fetch from that partition
+            out[tp] = 0 if end is None else max(0, end - await consumer.position(tp))
         return out
 
 

@@ -11,12 +11,13 @@ of another tenant is indistinguishable from a missing one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
 from typing import Protocol
 
+from aitrail.integrity.sequencer import LogState, LogUpdate, SignedCheckpoint
 from aitrail.schemas.record import AuditRecord
 
 
@@ -119,12 +120,21 @@ class DeadLetter:
 
 
 class RecordWriter(Protocol):
-    def write(self, records: Sequence[AuditRecord]) -> WriteResult:
-        """Store `records`. Returns only once they are durable (SQLite: committed with a full
-        fsync; OpenSearch: acknowledged by the bulk API). Idempotent: a record whose
-        `record_id` is already stored counts as a duplicate and is left untouched. Raises a
+    def write(self, records: Sequence[AuditRecord], updates: Sequence[LogUpdate] = ()) -> WriteResult:
+        """Store `records`, and with them the Merkle-log `updates` their sequencing produced
+        (new log state, tree nodes, signed checkpoints). Returns only once all of it is
+        durable (SQLite: one transaction, fully fsync'd; OpenSearch: the records' bulk
+        acknowledged first, then the updates). Idempotent: a record whose `record_id` is
+        already stored counts as a duplicate and is left untouched; nodes and checkpoints
+        already stored with the same value are no-ops. A checkpoint stored for the same log
+        and size with a different root is a fork: `ForkError`, nothing written. Raises a
         retriable `AitrailError` when the backend is unavailable; then nothing or only part
         of the batch may be stored, and writing the whole batch again is correct."""
+        ...
+
+    def existing(self, record_ids: Sequence[str]) -> set[str]:
+        """Which of these record ids are stored (any tenant): the sequencer skips them, so a
+        record re-sent by its service never takes a second leaf."""
         ...
 
 
@@ -149,6 +159,33 @@ class RecordReader(Protocol):
         ...
 
 
+class LogStore(Protocol):
+    """Read side of the Merkle logs; also `aitrail.integrity.verify.IntegrityReader` and
+    `NodeReader`, so `aitrail verify` runs on any backend."""
+
+    def log_ids(self) -> list[str]: ...
+
+    def log_state(self, log_id: str) -> LogState | None:
+        """The stored sequencing state (None for a log never written)."""
+        ...
+
+    def log_size(self, log_id: str) -> int: ...
+
+    def checkpoints(self, log_id: str) -> list[SignedCheckpoint]:
+        """Every stored checkpoint of the log, ascending size."""
+        ...
+
+    def latest_checkpoint(self, log_id: str) -> SignedCheckpoint | None: ...
+
+    def records_in_log(self, log_id: str) -> Iterator[AuditRecord]:
+        """Every record claiming a leaf of the log, ascending leaf index, all tenants."""
+        ...
+
+    def nodes(self, log_id: str, keys: Sequence[tuple[int, int]]) -> Mapping[tuple[int, int], bytes]:
+        """Stored tree nodes by (level, index); missing ones are left out."""
+        ...
+
+
 class KeyStore(Protocol):
     def create_key(self, tenant: str, role: Role) -> tuple[str, KeyInfo]:
         """A new random key; only its hash is stored. Returns (plaintext key, info)."""
@@ -163,7 +200,7 @@ class KeyStore(Protocol):
     def revoke_key(self, key_id: str) -> bool: ...
 
 
-class Store(RecordWriter, RecordReader, KeyStore, Protocol):
+class Store(RecordWriter, RecordReader, LogStore, KeyStore, Protocol):
     def ping(self) -> bool:
         """True when the backend answers (readiness)."""
         ...

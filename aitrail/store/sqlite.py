@@ -19,6 +19,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from aitrail.errors import BadRequest, Unavailable
+from aitrail.integrity.sequencer import ForkError, LogState, LogUpdate, SignedCheckpoint
 from aitrail.schemas.canonical import canonical_json, record_from_json
 from aitrail.schemas.record import AuditRecord, Kind
 
@@ -48,9 +49,12 @@ CREATE TABLE IF NOT EXISTS records (
     trace_id TEXT,
     span_id TEXT,
     start_time TEXT,
+    log_id TEXT,
+    leaf_index INTEGER,
     body BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS records_trace ON records (tenant, trace_id);
+CREATE INDEX IF NOT EXISTS records_leaf ON records (log_id, leaf_index);
 CREATE TRIGGER IF NOT EXISTS records_append_only BEFORE UPDATE ON records
 BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
 
@@ -102,6 +106,17 @@ CREATE TABLE IF NOT EXISTS api_keys (
 
 CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL);
 
+-- Merkle logs: sequencing state, every completed tree node, signed checkpoints.
+CREATE TABLE IF NOT EXISTS logs (log_id TEXT PRIMARY KEY, state TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS merkle_nodes (
+    log_id TEXT NOT NULL, level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL,
+    PRIMARY KEY (log_id, level, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints (
+    log_id TEXT NOT NULL, size INTEGER NOT NULL, root BLOB NOT NULL, note TEXT NOT NULL, signed_at TEXT NOT NULL,
+    PRIMARY KEY (log_id, size)
+) WITHOUT ROWID;
+
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY,
     at TEXT NOT NULL,
@@ -129,8 +144,8 @@ _UPSERT_ANSWER = (
     )
 )
 _INSERT_RECORD = (
-    "INSERT OR IGNORE INTO records (record_id, tenant, kind, origin, trace_id, span_id, start_time, body) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT OR IGNORE INTO records (record_id, tenant, kind, origin, trace_id, span_id, start_time, log_id, "
+    "leaf_index, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 _GROUP_COLUMNS = {
@@ -203,8 +218,8 @@ class SqliteStore:
 
     # -- RecordWriter -------------------------------------------------------------------
 
-    def write(self, records: Sequence[AuditRecord]) -> WriteResult:
-        if not records:
+    def write(self, records: Sequence[AuditRecord], updates: Sequence[LogUpdate] = ()) -> WriteResult:
+        if not records and not updates:
             return WriteResult(0, 0)
         try:
             with self._transaction() as conn:
@@ -212,7 +227,8 @@ class SqliteStore:
                 conn.executemany(
                     _INSERT_RECORD,
                     [
-                        (r.record_id, r.tenant, r.kind, r.origin, r.trace_id, r.span_id, r.start_time, canonical_json(r))
+                        (r.record_id, r.tenant, r.kind, r.origin, r.trace_id, r.span_id, r.start_time, r.log_id,
+                         r.leaf_index, canonical_json(r))
                         for r in fresh
                     ],
                 )
@@ -220,19 +236,49 @@ class SqliteStore:
                     _UPSERT_ANSWER,
                     [_answer_row(r) for r in fresh if r.kind == Kind.COMPLETION and r.trace_id and r.span_id],
                 )
+                for update in updates:
+                    self._apply(conn, update)
         except sqlite3.OperationalError as exc:  # disk full, locked past the timeout, I/O error
             raise Unavailable(f"SQLite store {self.path} could not write: {exc}") from exc
         return WriteResult(len(fresh), len(records) - len(fresh))
 
     @staticmethod
-    def _fresh(conn: sqlite3.Connection, records: Sequence[AuditRecord]) -> list[AuditRecord]:
-        """The records not stored yet, each once."""
-        ids = list({r.record_id for r in records})
+    def _apply(conn: sqlite3.Connection, update: LogUpdate) -> None:
+        conn.executemany(
+            "INSERT OR IGNORE INTO merkle_nodes (log_id, level, idx, hash) VALUES (?, ?, ?, ?)",
+            [(update.log_id, level, index, digest) for level, index, digest in update.nodes],
+        )
+        for cp in update.checkpoints:
+            conn.execute(
+                "INSERT OR IGNORE INTO checkpoints (log_id, size, root, note, signed_at) VALUES (?, ?, ?, ?, ?)",
+                (cp.log_id, cp.size, cp.root_hash, cp.note, cp.signed_at),
+            )
+            (stored,) = conn.execute(
+                "SELECT root FROM checkpoints WHERE log_id = ? AND size = ?", (cp.log_id, cp.size)
+            ).fetchone()
+            if stored != cp.root_hash:
+                raise ForkError(f"log {cp.log_id} already has a different checkpoint for size {cp.size}")
+        conn.execute(
+            "INSERT INTO logs (log_id, state) VALUES (?, ?) ON CONFLICT (log_id) DO UPDATE SET state = excluded.state",
+            (update.log_id, json.dumps(update.state.to_dict())),
+        )
+
+    def existing(self, record_ids: Sequence[str]) -> set[str]:
+        return self._stored(self._conn(), list(set(record_ids)))
+
+    @staticmethod
+    def _stored(conn: sqlite3.Connection, ids: list[str]) -> set[str]:
         stored: set[str] = set()
         for first in range(0, len(ids), 500):
             chunk = ids[first : first + 500]
             marks = ", ".join("?" * len(chunk))
             stored.update(row[0] for row in conn.execute(f"SELECT record_id FROM records WHERE record_id IN ({marks})", chunk))
+        return stored
+
+    @staticmethod
+    def _fresh(conn: sqlite3.Connection, records: Sequence[AuditRecord]) -> list[AuditRecord]:
+        """The records not stored yet, each once."""
+        stored = SqliteStore._stored(conn, list({r.record_id for r in records}))
         fresh = []
         for record in records:
             if record.record_id not in stored:
@@ -330,6 +376,53 @@ class SqliteStore:
                 )
             )
         return rows
+
+    # -- LogStore -----------------------------------------------------------------------
+
+    def log_ids(self) -> list[str]:
+        rows = self._conn().execute(
+            "SELECT log_id FROM logs UNION SELECT DISTINCT log_id FROM records WHERE log_id IS NOT NULL ORDER BY 1"
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def log_state(self, log_id: str) -> LogState | None:
+        row = self._conn().execute("SELECT state FROM logs WHERE log_id = ?", (log_id,)).fetchone()
+        return LogState.from_dict(json.loads(row[0])) if row else None
+
+    def log_size(self, log_id: str) -> int:
+        state = self.log_state(log_id)
+        return state.size if state else 0
+
+    def checkpoints(self, log_id: str) -> list[SignedCheckpoint]:
+        rows = self._conn().execute(
+            "SELECT log_id, size, root, note, signed_at FROM checkpoints WHERE log_id = ? ORDER BY size", (log_id,)
+        ).fetchall()
+        return [SignedCheckpoint(*row) for row in rows]
+
+    def latest_checkpoint(self, log_id: str) -> SignedCheckpoint | None:
+        row = self._conn().execute(
+            "SELECT log_id, size, root, note, signed_at FROM checkpoints WHERE log_id = ? ORDER BY size DESC LIMIT 1",
+            (log_id,),
+        ).fetchone()
+        return SignedCheckpoint(*row) if row else None
+
+    def records_in_log(self, log_id: str) -> Iterator[AuditRecord]:
+        cursor = self._conn().execute(
+            "SELECT body FROM records WHERE log_id = ? ORDER BY leaf_index, seq", (log_id,)
+        )
+        for (body,) in cursor:
+            yield record_from_json(body)
+
+    def nodes(self, log_id: str, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        out: dict[tuple[int, int], bytes] = {}
+        conn = self._conn()
+        for level, index in keys:
+            row = conn.execute(
+                "SELECT hash FROM merkle_nodes WHERE log_id = ? AND level = ? AND idx = ?", (log_id, level, index)
+            ).fetchone()
+            if row:
+                out[level, index] = row[0]
+        return out
 
     # -- KeyStore -----------------------------------------------------------------------
 

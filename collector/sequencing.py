@@ -1,0 +1,233 @@
+"""Putting records into their Merkle logs on the way to the store.
+
+One log per Kafka partition (the partition's owner is its only sequencer; offset order is
+leaf order), one log (`local`) in embedded mode. A batch is planned, stored together with
+its log update, and only then committed to the in-memory sequencer; if storing fails, the
+plan is dropped and the same records are planned again, giving the same leaves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from aitrail.integrity.note import Signer
+from aitrail.integrity.sequencer import LogSequencer, LogUpdate, SignedCheckpoint, new_log
+from aitrail.schemas.record import AuditRecord
+from aitrail.store.base import Store, WriteResult
+
+log = logging.getLogger(__name__)
+
+LOCAL_LOG = "local"
+
+
+def log_id_for(record: AuditRecord) -> str:
+    position = record.kafka
+    return LOCAL_LOG if position is None else f"{position.topic}.{position.partition}"
+
+
+class CheckpointFile:
+    """The append-only copy of every signed checkpoint, outside the store: one JSON object a
+    line per log, fsync'd, so an administrator who rewrites the store cannot also rewrite
+    the checkpoints an auditor compares against."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def append(self, checkpoints: Sequence[SignedCheckpoint]) -> None:
+        by_log: dict[str, list[SignedCheckpoint]] = {}
+        for cp in checkpoints:
+            by_log.setdefault(cp.log_id, []).append(cp)
+        for log_id, items in by_log.items():
+            path = self.directory / f"{log_id}.jsonl"
+            with open(path, "a", encoding="utf-8") as out:
+                for cp in items:
+                    out.write(json.dumps(cp.to_dict(), sort_keys=True) + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+
+    def read(self, log_id: str) -> list[SignedCheckpoint]:
+        path = self.directory / f"{log_id}.jsonl"
+        if not path.exists():
+            return []
+        return [SignedCheckpoint.from_dict(json.loads(line)) for line in path.read_text("utf-8").splitlines() if line]
+
+
+class Sequencing:
+    """Seals records into their logs and stores them with the log updates. Thread-safe: one
+    lock serialises batches and timer checkpoints (each log has one writer)."""
+
+    def __init__(
+        self,
+        store: Store,
+        signer: Signer,
+        origin: str,
+        *,
+        checkpoint_every: int = 256,
+        checkpoint_interval_s: float = 1.0,
+        checkpoint_file: CheckpointFile | None = None,
+    ) -> None:
+        self.store = store
+        self.signer = signer
+        self.origin = origin
+        self._every = checkpoint_every
+        self._interval = checkpoint_interval_s
+        self._file = checkpoint_file
+        self._sequencers: dict[str, LogSequencer] = {}
+        self._subject_keys: dict[tuple[str, str], bytes] = {}
+        self._lock = threading.Lock()
+        # Kafka mode: the logs (partitions) this process owns; None means every log (embedded).
+        self._owned: set[str] | None = None
+
+    def _sequencer(self, log_id: str) -> LogSequencer:
+        sequencer = self._sequencers.get(log_id)
+        if sequencer is None:
+            state = self.store.log_state(log_id) or new_log(log_id, f"{self.origin}/{log_id}")
+            sequencer = LogSequencer(
+                state, self.signer, checkpoint_every=self._every, checkpoint_interval_s=self._interval
+            )
+            self._sequencers[log_id] = sequencer
+        return sequencer
+
+    def resume_position(self, log_id: str) -> int | None:
+        """Where the source should resume for this log: the offset after its last leaf."""
+        with self._lock:
+            return self._sequencer(log_id).state.source_position
+
+    def assign(self, log_ids: Iterable[str]) -> None:
+        """This process now owns these logs (partitions assigned); it resumes each from its
+        stored state."""
+        with self._lock:
+            self._owned = (self._owned or set()) | set(log_ids)
+            for log_id in log_ids:
+                self._sequencers.pop(log_id, None)  # reload: another owner may have advanced it
+
+    def forget(self, log_ids: Iterable[str]) -> None:
+        """This process no longer owns these logs (partitions revoked): batches still in
+        flight for them are not sequenced here (the new owner replays them)."""
+        with self._lock:
+            for log_id in log_ids:
+                self._sequencers.pop(log_id, None)
+                if self._owned is not None:
+                    self._owned.discard(log_id)
+
+    def subject_key(self, record: AuditRecord) -> bytes:
+        """The key a record's content salt derives from: one per data subject, so erasing a
+        subject destroys one key (crypto-shredding)."""
+        subject = (record.tenant, record.user_pseudonym or "-")
+        key = self._subject_keys.get(subject)
+        if key is None:
+            key = self._subject_keys[subject] = self.store.secret(f"subject:{subject[0]}:{subject[1]}")
+        return key
+
+    def write(self, records: Sequence[AuditRecord]) -> WriteResult:
+        """Sequence and store `records`. Records already stored, and Kafka messages below the
+        log's resume position (sequenced before a crash), are duplicates."""
+        with self._lock:
+            stored = self.store.existing([r.record_id for r in records])
+            by_log: dict[str, list[AuditRecord]] = {}
+            seen: set[str] = set()
+            for record in records:
+                if record.record_id in stored or record.record_id in seen:
+                    continue
+                log_id = log_id_for(record)
+                if self._owned is not None and log_id not in self._owned:
+                    continue
+                resume = self._sequencer(log_id).state.source_position
+                if record.kafka is not None and resume is not None and record.kafka.offset < resume:
+                    continue
+                seen.add(record.record_id)
+                by_log.setdefault(log_id, []).append(record)
+            plans = [self._sequencer(log_id).plan(batch, self.subject_key) for log_id, batch in by_log.items()]
+            sealed = [r for plan in plans for r in plan.records]
+            result = self.store.write(sealed, [plan.update for plan in plans])
+            for plan in plans:
+                self._sequencers[plan.update.log_id].commit(plan)
+            self._keep([cp for plan in plans for cp in plan.update.checkpoints])
+            return WriteResult(result.written, len(records) - result.written)
+
+    def tick(self) -> int:
+        """Sign a checkpoint for every log with leaves not yet covered for longer than the
+        interval (traffic stopped); returns how many were signed."""
+        with self._lock:
+            signed: list[SignedCheckpoint] = []
+            for sequencer in self._sequencers.values():
+                cp = sequencer.pending_checkpoint()
+                if cp is None:
+                    continue
+                state = sequencer.commit_checkpoint(cp)
+                self.store.write([], [LogUpdate(cp.log_id, state, [], [cp])])
+                signed.append(cp)
+            self._keep(signed)
+            return len(signed)
+
+    def _keep(self, checkpoints: list[SignedCheckpoint]) -> None:
+        if checkpoints and self._file is not None:
+            self._file.append(checkpoints)
+
+
+def signing_key_path(settings) -> Path:
+    return settings.integrity.signing_key_file or Path(settings.data_dir) / "keys" / "log-signing.key"
+
+
+def public_key_path(settings) -> Path:
+    return signing_key_path(settings).with_suffix(".pub")
+
+
+def default_origin(settings, store: Store) -> str:
+    return settings.integrity.origin or f"aitrail/{store.secret('installation')[:6].hex()}"
+
+
+def ensure_signing_key(settings, store: Store) -> Signer:
+    """The configured checkpoint signing key, created (with its .pub) when missing."""
+    from aitrail.integrity.keys import create_signing_key, load_signer
+
+    path = signing_key_path(settings)
+    if path.exists():
+        return load_signer(path)
+    signer = create_signing_key(path.parent, path.stem, key_name=default_origin(settings, store))
+    log.info("created checkpoint signing key %s; public key: %s", path, signer.verifier().to_vkey())
+    return signer
+
+
+def open_sequencing(settings, store: Store, *, create_key: bool) -> Sequencing | None:
+    """The sequencing of this process, or None when integrity is switched off. Services that
+    must share one key (collector replicas) do not create it: `aitrail keys signing --create`."""
+    from aitrail.errors import ConfigError
+    from aitrail.integrity.keys import load_signer
+
+    if not settings.integrity.enabled:
+        return None
+    path = signing_key_path(settings)
+    if create_key:
+        signer = ensure_signing_key(settings, store)
+    elif not path.exists():
+        raise ConfigError(
+            f"no checkpoint signing key at {path}; create it once with `aitrail keys signing --create` "
+            "and give every collector the same file (integrity.signing_key_file)"
+        )
+    else:
+        signer = load_signer(path)
+    checkpoint_dir = settings.integrity.checkpoint_dir or Path(settings.data_dir) / "checkpoints"
+    return Sequencing(
+        store, signer, settings.integrity.origin or signer.name,
+        checkpoint_every=settings.integrity.checkpoint_every,
+        checkpoint_interval_s=settings.integrity.checkpoint_interval_ms / 1000,
+        checkpoint_file=CheckpointFile(checkpoint_dir),
+    )
+
+
+def configured_verifier(settings, public_key: str | None = None):
+    """The verifier for `public_key` (a vkey or a .pub file), else the .pub beside the
+    configured signing key; None when there is none."""
+    from aitrail.integrity.keys import load_verifier
+
+    if public_key:
+        return load_verifier(public_key)
+    path = public_key_path(settings)
+    return load_verifier(path) if path.exists() else None
