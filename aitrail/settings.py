@@ -19,7 +19,9 @@ class KafkaSettings(BaseModel):
     topic: str = Field("aitrail.spans.v1", description="Topic the gateway writes and the collector reads.")
     dlq_topic: str = Field("aitrail.spans.dlq", description="Dead-letter topic for messages that cannot be ingested.")
     group_id: str = Field("aitrail-collector", description="Consumer group of the collectors.")
-    max_message_bytes: int = Field(1_000_000, gt=1024, description="Largest message the gateway produces.")
+    max_message_bytes: int = Field(1_000_000, gt=8192, description="Largest message the gateway produces.")
+    partitions: int = Field(6, gt=0, description="Partitions of the topics the gateway creates when missing.")
+    replication_factor: int = Field(1, gt=0, description="Replication of the topics the gateway creates.")
 
 
 class OpenSearchSettings(BaseModel):
@@ -28,6 +30,12 @@ class OpenSearchSettings(BaseModel):
     username: str | None = None
     password: str | None = None
     verify_certs: bool = True
+    shards: int = Field(1, ge=1, description="Primary shards of each records index and of the answers index.")
+    replicas: int = Field(0, ge=0, description="Replicas of every aitrail index; 0 suits a single node only.")
+    refresh_interval: str = Field("1s", description="How soon writes become searchable (`-1`: only on demand).")
+    rollover_max_age: str | None = Field("7d", description="Roll the records index over once it is this old.")
+    rollover_max_docs: int | None = Field(None, gt=0, description="Roll the records index over at this many records.")
+    rollover_max_size: str | None = Field("50gb", description="Roll the records index over at this primary size.")
 
 
 class CollectorSettings(BaseModel):
@@ -40,6 +48,19 @@ class CollectorSettings(BaseModel):
 class IngestSettings(BaseModel):
     max_body_bytes: int = Field(8 * 1024 * 1024, gt=0, description="Largest OTLP request body accepted (after gunzip).")
     require_auth: bool = Field(True, description="Require an ingest key on OTLP requests.")
+
+
+class IntegritySettings(BaseModel):
+    enabled: bool = Field(True, description="Seal records into Merkle logs with signed checkpoints.")
+    signing_key_file: Path | None = Field(
+        None, description="Ed25519 checkpoint signing key; default <data_dir>/keys/log-signing.key."
+    )
+    origin: str | None = Field(None, description="Checkpoint origin prefix; default aitrail/<installation id>.")
+    checkpoint_every: int = Field(256, gt=0, description="Sign a checkpoint at least every this many leaves.")
+    checkpoint_interval_ms: int = Field(1000, gt=0, description="...and at least this often while leaves wait.")
+    checkpoint_dir: Path | None = Field(
+        None, description="Append-only checkpoint files outside the store; default <data_dir>/checkpoints."
+    )
 
 
 class Settings(BaseSettings):
@@ -59,6 +80,7 @@ class Settings(BaseSettings):
     opensearch: OpenSearchSettings = OpenSearchSettings()
     collector: CollectorSettings = CollectorSettings()
     ingest: IngestSettings = IngestSettings()
+    integrity: IntegritySettings = IntegritySettings()
 
     @field_validator("log_format")
     @classmethod
