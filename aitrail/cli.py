@@ -94,7 +94,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .embedded import embedded
 
     async def run(stop: asyncio.Event) -> None:
-        async with embedded(settings) as (store, ports):
+        async with embedded(settings) as running:
+            store, ports = running.store, running.ports
             base = f"http://{settings.host}:{ports.api}"
             log.info(
                 "aitrail %s serving: OTLP http://%s:%d (HTTP) and %s:%d (gRPC); API and page %s; data in %s",

@@ -77,9 +77,16 @@ class Ports:
     api: int
 
 
+@dataclass
+class Embedded:
+    store: SqliteStore
+    ports: Ports
+    bus: LocalBus  # e.g. for `aitrail.integrity.system.append_system_records`
+
+
 @contextlib.asynccontextmanager
-async def embedded(settings: Settings) -> AsyncIterator[tuple[SqliteStore, Ports]]:
-    """Run everything until the context exits; yields the store and the bound ports."""
+async def embedded(settings: Settings) -> AsyncIterator[Embedded]:
+    """Run everything until the context exits."""
     async with contextlib.AsyncExitStack() as stack:
         store = SqliteStore.in_dir(settings.data_dir)
         stack.callback(store.close)
@@ -143,7 +150,7 @@ async def embedded(settings: Settings) -> AsyncIterator[tuple[SqliteStore, Ports
         stack.push_async_callback(grpc_server.stop, 5)
 
         ports = Ports(otlp_http=http_sock.getsockname()[1], otlp_grpc=grpc_port, api=api_sock.getsockname()[1])
-        yield store, ports
+        yield Embedded(store, ports, bus)
 
 
 def _serialise(message: BusMessage) -> bytes:
@@ -162,8 +169,8 @@ class EmbeddedThread:
     def _run(self) -> None:
         async def main() -> None:
             self._stop = asyncio.Event()
-            async with embedded(self.settings) as (store, ports):
-                self.store, self.ports = store, ports
+            async with embedded(self.settings) as running:
+                self.store, self.ports, self.bus = running.store, running.ports, running.bus
                 self._ready.set()
                 await self._stop.wait()
 
@@ -183,6 +190,10 @@ class EmbeddedThread:
         if self._error is not None:
             raise self._error
         return self
+
+    def call(self, coroutine, timeout: float = 60):
+        """Run `coroutine` on the server's event loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
     def stop(self) -> None:
         self._loop.call_soon_threadsafe(self._stop.set)

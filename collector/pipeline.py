@@ -16,12 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from aitrail.schemas.record import AuditRecord
+from aitrail.schemas.timefmt import ns_to_iso
+
 from aitrail import __version__
 from aitrail.bus.base import Batch, BusMessage, Encoding, Signal
 from aitrail.errors import AitrailError, BadRequest, Unavailable
+from aitrail.integrity import system
 from aitrail.otlp import decode_logs, decode_traces
-from aitrail.schemas.record import AuditRecord
-from aitrail.schemas.timefmt import ns_to_iso
 from aitrail.store.base import RecordWriter, WriteResult
 
 from .normalise import normalise_logs, normalise_traces
@@ -96,6 +98,8 @@ class Pipeline:
             return normalise_traces(message.decoded or _decode(decode_traces, message), tenant, **common)
         if message.signal == Signal.LOGS:
             return normalise_logs(message.decoded or _decode(decode_logs, message), tenant, **common)
+        if message.signal == Signal.RECORDS:
+            return system.decode(message.payload)
         raise BadRequest(f"unknown signal {message.signal!r}")
 
 

@@ -325,3 +325,22 @@ def test_verify_cli_on_the_running_store(server, keys, capsys):
     assert "verified" in capsys.readouterr().out
     assert main(["keys", "signing", "--data-dir", data_dir]) == 0
     assert capsys.readouterr().out.startswith("aitrail/")
+
+
+def test_system_records_join_the_log(server, keys, capsys):
+    from aitrail.cli import main
+    from aitrail.integrity.system import append_system_records, system_record
+
+    record = system_record("retention", "acme", {"action": "delete", "index": "aitrail-records-000001", "count": 12})
+    server.call(append_system_records(server.bus, [record]))
+    stored = server.store.get("acme", record.record_id)
+    assert stored.kind == "retention" and stored.origin == "system" and stored.details["count"] == 12
+    assert stored.log_id == "local" and stored.leaf_hash is not None
+    server.call(append_system_records(server.bus, [record]))  # appending again is a no-op
+    assert [r.record_id for r in server.store.records_in_log("local")].count(record.record_id) == 1
+    deadline = time.monotonic() + 30
+    while server.store.latest_checkpoint("local").size <= stored.leaf_index:
+        assert time.monotonic() < deadline, "no checkpoint covered the system record"
+        time.sleep(0.1)
+    assert main(["verify", "--log", "local", "--data-dir", str(server.settings.data_dir)]) == 0
+    capsys.readouterr()

@@ -18,6 +18,7 @@ from aitrail.schemas.record import KafkaPosition
 class Signal(StrEnum):
     TRACES = "traces"
     LOGS = "logs"
+    RECORDS = "records"  # aitrail's own system records (retention, erasure, access), JSON
 
 
 class Encoding(StrEnum):

@@ -44,7 +44,8 @@ def message_from_record(record, topic: str) -> BusMessage:
     """A consumed Kafka record as a bus message (tenant, signal and encoding worked out)."""
     headers = decode_headers(record.headers)
     value: bytes = record.value or b""
-    signal = Signal.LOGS if headers.get(SIGNAL_HEADER) == Signal.LOGS else Signal.TRACES
+    declared = headers.get(SIGNAL_HEADER)
+    signal = Signal(declared) if declared in (Signal.LOGS, Signal.RECORDS) else Signal.TRACES
     # otlp_json is a JSON object; otlp_proto starts with field 1 (0x0A). The collector falls
     # back to the other decoding when this guess fails.
     stripped = value.strip()
