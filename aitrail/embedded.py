@@ -22,6 +22,7 @@ from aitrail.collector.pipeline import Pipeline, checkpoint_timer, hmac_pseudony
 from aitrail.collector.sequencing import open_sequencing
 from aitrail.gateway.grpc import otlp_grpc_server
 from aitrail.gateway.http import otlp_http_app
+from aitrail.auth import Authenticator
 from aitrail.gateway.ingest import IngestAuth, ingest_in_process
 from aitrail.metrics import Metrics
 from aitrail.query_api.app import create_app
@@ -131,10 +132,10 @@ async def embedded(settings: Settings) -> AsyncIterator[Embedded]:
 
         api_sock = listen(settings.host, settings.api_port)
         verifier = sequencing.signer.verifier() if sequencing is not None else None
-        api = create_app(store, pseudonymise=pseudonymise, metrics=metrics, verifier=verifier)
+        api = create_app(store, pseudonymise=pseudonymise, metrics=metrics, verifier=verifier, oidc=settings.auth.oidc)
         await serve_app(api, api_sock, stack)
 
-        auth = IngestAuth(store.authenticate, required=settings.ingest.require_auth,
+        auth = IngestAuth(Authenticator(store.authenticate, settings.auth.oidc), required=settings.ingest.require_auth,
                           anonymous_tenant=settings.collector.default_tenant)
         ingest = ingest_in_process(bus)
         http_sock = listen(settings.host, settings.otlp_http_port)

@@ -29,6 +29,7 @@ from aitrail.embedded import listen, serve_app
 from aitrail.errors import AitrailError, Unavailable
 from aitrail.gateway.grpc import otlp_grpc_server
 from aitrail.gateway.http import otlp_http_app
+from aitrail.auth import Authenticator
 from aitrail.gateway.ingest import IngestAuth, ingest_split_by_trace
 from aitrail.metrics import CONTENT_TYPE_LATEST, Metrics
 from aitrail.query_api.app import create_app
@@ -95,7 +96,7 @@ async def gateway(settings: Settings) -> AsyncIterator[GatewayPorts]:
             return None if await bus.ping() else f"Kafka at {settings.kafka.bootstrap_servers} does not answer"
 
         ingest = ingest_split_by_trace(bus, settings.kafka.max_message_bytes - KAFKA_MESSAGE_OVERHEAD)
-        auth = IngestAuth(store.authenticate, required=settings.ingest.require_auth,
+        auth = IngestAuth(Authenticator(store.authenticate, settings.auth.oidc), required=settings.ingest.require_auth,
                           anonymous_tenant=settings.collector.default_tenant)
         http_sock = listen(settings.host, settings.otlp_http_port)
         app = otlp_http_app(
@@ -213,7 +214,8 @@ async def api(settings: Settings) -> AsyncIterator[int]:
         store = open_store(settings)
         stack.callback(store.close)
         app = create_app(
-            store, pseudonymise=hmac_pseudonymiser(store.secret("pseudonym")), verifier=configured_verifier(settings)
+            store, pseudonymise=hmac_pseudonymiser(store.secret("pseudonym")), verifier=configured_verifier(settings),
+            oidc=settings.auth.oidc,
         )
         sock = listen(settings.host, settings.api_port)
         await serve_app(app, sock, stack)

@@ -50,6 +50,19 @@ class IngestSettings(BaseModel):
     require_auth: bool = Field(True, description="Require an ingest key on OTLP requests.")
 
 
+class OidcSettings(BaseModel):
+    issuer: str | None = Field(None, description="Expected `iss`; OIDC tokens are refused while unset.")
+    audience: str | None = Field(None, description="Expected `aud`.")
+    jwks_url: str | None = Field(None, description="The provider's JWKS (https:// or file://).")
+    tenant_claim: str = Field("tenant", description="Claim holding the caller's tenant.")
+    role_claim: str = Field("aitrail_role", description="Claim holding the role (a string or a list).")
+    leeway_s: int = Field(30, ge=0, le=300, description="Clock skew allowed on exp/nbf/iat.")
+
+
+class AuthSettings(BaseModel):
+    oidc: OidcSettings = OidcSettings()
+
+
 class IntegritySettings(BaseModel):
     enabled: bool = Field(True, description="Seal records into Merkle logs with signed checkpoints.")
     signing_key_file: Path | None = Field(
@@ -81,6 +94,7 @@ class Settings(BaseSettings):
     collector: CollectorSettings = CollectorSettings()
     ingest: IngestSettings = IngestSettings()
     integrity: IntegritySettings = IntegritySettings()
+    auth: AuthSettings = AuthSettings()
 
     @field_validator("log_format")
     @classmethod

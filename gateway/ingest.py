@@ -11,34 +11,27 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from aitrail.bus.base import Bus, BusMessage, Signal
-from aitrail.errors import Forbidden, Unauthorized
+from aitrail.auth import Authenticator
+from aitrail.errors import Forbidden
 from aitrail.otlp import split_by_trace
 from aitrail.store.base import Principal, Role
 
 Request = ExportTraceServiceRequest | ExportLogsServiceRequest
 Ingest = Callable[[Signal, Request, Principal], Awaitable[None]]
-Authenticate = Callable[[str], Principal | None]
 
 INGEST_ROLES = (Role.INGEST, Role.ADMIN)
 
 
 @dataclass
 class IngestAuth:
-    authenticate: Authenticate
+    authenticator: Authenticator
     required: bool = True
     anonymous_tenant: str = "default"
 
     def principal(self, authorization: str | None) -> Principal:
-        if not authorization:
-            if not self.required:
-                return Principal(key_id="anonymous", tenant=self.anonymous_tenant, role=Role.INGEST)
-            raise Unauthorized("missing ingest key: send 'Authorization: Bearer <key>'")
-        scheme, _, key = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            raise Unauthorized("Authorization must be 'Bearer <key>'")
-        principal = self.authenticate(key.strip())
-        if principal is None:
-            raise Unauthorized("unknown or revoked key")
+        if not authorization and not self.required:
+            return Principal(key_id="anonymous", tenant=self.anonymous_tenant, role=Role.INGEST)
+        principal = self.authenticator.principal(authorization)
         if principal.role not in INGEST_ROLES:
             raise Forbidden(f"role '{principal.role}' cannot ingest; needs role 'ingest'")
         return principal

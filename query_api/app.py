@@ -19,7 +19,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aitrail import __version__
-from aitrail.errors import AitrailError, Forbidden, Unauthorized
+from aitrail.auth import Authenticator
+from aitrail.errors import AitrailError, Forbidden
+from aitrail.settings import OidcSettings
 from aitrail.metrics import CONTENT_TYPE_LATEST, Metrics
 from aitrail.store.base import COST_GROUPS, Principal, Role, Store
 
@@ -43,18 +45,10 @@ def error_json(status: int, code: str, message: str, headers: dict[str, str] | N
 
 
 def _reader(request: Request) -> Principal:
-    """The caller, from `Authorization: Bearer <key>`; only roles that may read audit data."""
-    authorization = request.headers.get("authorization")
-    if not authorization:
-        raise Unauthorized("missing key: send 'Authorization: Bearer <key>'")
-    scheme, _, key = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
-        raise Unauthorized("Authorization must be 'Bearer <key>'")
-    principal = request.app.state.store.authenticate(key.strip())
-    if principal is None:
-        raise Unauthorized("unknown or revoked key")
+    """The caller, from `Authorization: Bearer <key or token>`; only roles that may read."""
+    principal = request.app.state.authenticator.principal(request.headers.get("authorization"))
     if principal.role not in READERS:
-        raise Forbidden(f"role '{principal.role}' cannot read audit data; needs auditor, analyst or admin")
+        raise Forbidden(f"role '{principal.role}' cannot read audit data; needs role auditor, analyst or admin")
     return principal
 
 
@@ -67,6 +61,7 @@ def create_app(
     pseudonymise: Callable[[str], str],
     metrics: Metrics | None = None,
     verifier: Verifier | None = None,
+    oidc: OidcSettings | None = None,
 ) -> FastAPI:
     """`verifier` (the checkpoint signing key's public half) checks proofs for replays."""
     metrics = metrics or Metrics()
@@ -76,7 +71,7 @@ def create_app(
         version=__version__,
         description="Find and replay any past answer of your AI systems, with proof it was not altered.",
     )
-    app.state.store = store
+    app.state.authenticator = Authenticator(store.authenticate, oidc)
 
     @app.exception_handler(AitrailError)
     async def _aitrail_error(request: Request, exc: AitrailError) -> JSONResponse:

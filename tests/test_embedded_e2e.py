@@ -182,7 +182,7 @@ def test_partial_success_names_rejected_spans(server, keys):
 @pytest.mark.parametrize(
     ("case", "status", "message"),
     [
-        ("no key", 401, "missing ingest key"),
+        ("no key", 401, "missing credentials"),
         ("unknown key", 401, "unknown or revoked key"),
         ("auditor key", 403, "needs role 'ingest'"),
         ("garbage protobuf", 400, "not a valid OTLP protobuf"),
