@@ -126,14 +126,17 @@ class Sequencing:
         return key
 
     def write(self, records: Sequence[AuditRecord]) -> WriteResult:
-        """Sequence and store `records`. Records already stored, and Kafka messages below the
-        log's resume position (sequenced before a crash), are duplicates."""
+        """Sequence and store `records`. Duplicates: records already sealed into a leaf that
+        their log's stored state covers, and Kafka messages below the log's resume position
+        (sequenced before a crash). A record a failed write stored beyond its log's state is
+        planned again; the same batch from the same state gets the same leaves, so the
+        partial write is completed, never forked."""
         with self._lock:
             stored = self.store.existing([r.record_id for r in records])
             by_log: dict[str, list[AuditRecord]] = {}
             seen: set[str] = set()
             for record in records:
-                if record.record_id in stored or record.record_id in seen:
+                if record.record_id in seen or self._committed(stored.get(record.record_id)):
                     continue
                 log_id = log_id_for(record)
                 if self._owned is not None and log_id not in self._owned:
@@ -150,6 +153,16 @@ class Sequencing:
                 self._sequencers[plan.update.log_id].commit(plan)
             self._keep([cp for plan in plans for cp in plan.update.checkpoints])
             return WriteResult(result.written, len(records) - result.written)
+
+    def _committed(self, position: tuple[str | None, int | None] | None) -> bool:
+        if position is None:
+            return False
+        log_id, leaf_index = position
+        if log_id is None or leaf_index is None:
+            return True  # stored before integrity was on: never sealed again
+        sequencer = self._sequencers.get(log_id)
+        state = sequencer.state if sequencer is not None else self.store.log_state(log_id)
+        return state is not None and leaf_index < state.size
 
     def tick(self) -> int:
         """Sign a checkpoint for every log with leaves not yet covered for longer than the

@@ -109,7 +109,6 @@ def index_template(prefix: str = "aitrail") -> dict[str, Any]:
                     "refresh_interval": "1s",
                     "codec": "best_compression",
                     "mapping": {"total_fields": {"limit": 2000}},
-                    "sort": {"field": ["start_time"], "order": ["desc"]},
                 }
             },
             "mappings": {"dynamic": "strict", "_source": {"enabled": True}, **mapping},

@@ -38,6 +38,11 @@ class AnswerQuery:
     model: str | None = None  # request or response model
     limit: int = 20
     offset: int = 0
+    after: tuple[str, str] | None = None  # cursor: (time, record_id) of the last answer of the previous page
+    # Document ACLs. A retrieved document admits a principal holding `tags` when its acl_tags
+    # are empty or share a tag with them.
+    visible_to: tuple[str, ...] | None = None  # only answers whose retrieved documents all admit these tags
+    exposed_to: tuple[str, ...] | None = None  # only answers that used a document NOT admitting these tags
 
 
 @dataclass
@@ -76,6 +81,24 @@ class CostQuery:
 
 
 COST_GROUPS = ("tenant", "service", "model", "user", "feature", "provider", "day")
+
+
+@dataclass
+class CostSummary:
+    cost: Decimal
+    currency: str | None
+    traces: int  # traces with at least one completion in the range
+    useful_traces: int  # of those, traces with positive feedback (a feedback record scoring > 0)
+
+
+@dataclass(frozen=True)
+class RecordQuery:
+    tenant: str
+    kind: str
+    start: str | None = None
+    end: str | None = None
+    limit: int = 50
+    after: tuple[str, str] | None = None  # cursor: (start_time, record_id) of the last record seen
 
 
 @dataclass
@@ -132,9 +155,11 @@ class RecordWriter(Protocol):
         of the batch may be stored, and writing the whole batch again is correct."""
         ...
 
-    def existing(self, record_ids: Sequence[str]) -> set[str]:
-        """Which of these record ids are stored (any tenant): the sequencer skips them, so a
-        record re-sent by its service never takes a second leaf."""
+    def existing(self, record_ids: Sequence[str]) -> dict[str, tuple[str | None, int | None]]:
+        """The stored ones of these record ids (any tenant), with the (log_id, leaf_index)
+        they were sealed at. Real time, not subject to search refresh. The sequencer skips
+        records whose leaf its log already covers, so a record re-sent by its service never
+        takes a second leaf, and plans again (identically) those a failed write left behind."""
         ...
 
 
@@ -156,6 +181,15 @@ class RecordReader(Protocol):
     def costs(self, query: CostQuery) -> list[CostRow]:
         """Tokens and cost of span-origin completions grouped as asked (log-event fragments
         repeat their span's usage and are not counted)."""
+        ...
+
+    def cost_summary(self, query: CostQuery) -> CostSummary:
+        """Total cost in the range, and the traces it bought: all, and those with positive
+        feedback ("useful actions")."""
+        ...
+
+    def list_records(self, query: RecordQuery) -> list[AuditRecord]:
+        """Records of one kind (e.g. `access`), newest first, after the cursor."""
         ...
 
 

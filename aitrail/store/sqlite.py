@@ -263,8 +263,17 @@ class SqliteStore:
             (update.log_id, json.dumps(update.state.to_dict())),
         )
 
-    def existing(self, record_ids: Sequence[str]) -> set[str]:
-        return self._stored(self._conn(), list(set(record_ids)))
+    def existing(self, record_ids: Sequence[str]) -> dict[str, tuple[str | None, int | None]]:
+        ids, found = list(set(record_ids)), {}
+        conn = self._conn()
+        for first in range(0, len(ids), 500):
+            chunk = ids[first : first + 500]
+            marks = ", ".join("?" * len(chunk))
+            for record_id, log_id, leaf_index in conn.execute(
+                f"SELECT record_id, log_id, leaf_index FROM records WHERE record_id IN ({marks})", chunk
+            ):
+                found[record_id] = (log_id, leaf_index)
+        return found
 
     @staticmethod
     def _stored(conn: sqlite3.Connection, ids: list[str]) -> set[str]:

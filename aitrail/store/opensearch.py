@@ -1,0 +1,985 @@
+"""OpenSearchStore: the scale-out backend (layout and tuning in docs/opensearch.md).
+
+For index prefix P:
+
+- `P-records-000001`, `-000002`, …: every record as its canonical JSON, `_id` = record_id,
+  created from the index template `P-records`. The alias `P-records` is the write alias
+  (rollover moves it); reads go to the pattern `P-records-*`, so rolled-over indices stay
+  visible.
+- `P-answers`: derived data, one document per completion span, merging the span's record
+  with its log-event fragment by the stored painless script `P-answers-merge`; what
+  `search_answers` and `costs` read, and could be rebuilt from the records.
+- `P-logs` (one sequencing state per Merkle log), `P-merkle-nodes` (every completed tree
+  node, `_id` = `<log>/<level>/<index>`) and `P-checkpoints` (signed checkpoints,
+  `_id` = `<log>/<size>`).
+- `P-keys` (API keys, hashed) and `P-secrets`.
+
+Thread-safe: the opensearch-py client pools its connections.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import secrets
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import orjson
+from opensearchpy import OpenSearch
+from opensearchpy.exceptions import (
+    ConflictError,
+    ConnectionError,
+    ConnectionTimeout,
+    NotFoundError,
+    RequestError,
+    TransportError,
+)
+from opensearchpy.serializer import JSONSerializer
+
+from aitrail.errors import AitrailError, BadRequest, ConfigError, InvalidInput, Unavailable
+from aitrail.integrity.sequencer import ForkError, LogState, LogUpdate, SignedCheckpoint
+from aitrail.schemas.canonical import canonical_json
+from aitrail.schemas.generate import DATE, MULTILINGUAL_TEXT, index_template
+from aitrail.schemas.record import AuditRecord, Kind
+
+from .base import (
+    COST_GROUPS,
+    Answer,
+    AnswerPage,
+    AnswerQuery,
+    CostQuery,
+    CostRow,
+    KeyInfo,
+    Principal,
+    Role,
+    WriteResult,
+)
+from .keys import PREFIX as KEY_PREFIX
+from .keys import hash_key, new_key
+from .text import match_expression
+
+if TYPE_CHECKING:
+    from aitrail.settings import OpenSearchSettings
+
+log = logging.getLogger(__name__)
+
+_TIMEOUT_S = 30
+_PAGE = 10_000  # index.max_result_window: the largest page one search may return
+_GROUPS_PAGE = 1_000  # cost groups per composite aggregation page
+_EXACT_DOUBLE = 2**53  # sums below this are exact in the double the sum aggregation returns
+_COST_SPLIT = 1_000_000  # cost_e10 = hi * _COST_SPLIT + lo, summed apart when a total is too big
+
+
+def _keyword() -> dict[str, Any]:
+    return {"type": "keyword", "ignore_above": 1024}
+
+
+def _text() -> dict[str, Any]:
+    return orjson.loads(orjson.dumps(MULTILINGUAL_TEXT))
+
+
+_ANSWERS_MAPPING: dict[str, Any] = {
+    "dynamic": "strict",
+    "properties": {
+        "tenant": _keyword(),
+        "trace_id": _keyword(),
+        "span_id": _keyword(),
+        "record_id": _keyword(),  # the span's record once it arrived, else the log event's
+        "fragments": _keyword(),  # record ids merged in so far: replays are no-ops
+        "has_span": {"type": "boolean"},
+        "time": dict(DATE),
+        "day": _keyword(),  # time[:10] for `group_by=day`
+        "question": _text(),
+        "answer": _text(),
+        "provider": _keyword(),
+        "model": _keyword(),  # response model, else request model
+        "request_model": _keyword(),
+        "input_tokens": {"type": "long"},
+        "output_tokens": {"type": "long"},
+        "cost_e10": {"type": "long"},  # cost in 1e-10 units: sums stay exact
+        "cost_currency": _keyword(),
+        "service": _keyword(),
+        "user": _keyword(),
+        "feature": _keyword(),
+    },
+}
+_KEYS_MAPPING: dict[str, Any] = {
+    "dynamic": "strict",
+    "properties": {
+        "key_id": _keyword(),
+        "key_hash": _keyword(),
+        "tenant": _keyword(),
+        "role": _keyword(),
+        "created_at": dict(DATE),
+        "revoked_at": dict(DATE),
+    },
+}
+_SECRETS_MAPPING: dict[str, Any] = {
+    "dynamic": "strict",
+    "properties": {"value": {"type": "binary"}},
+}
+
+
+def _stored_only() -> dict[str, Any]:
+    """Kept in _source, neither indexed nor aggregatable: read back by id only."""
+    return {"type": "keyword", "index": False, "doc_values": False}
+
+
+_LOGS_MAPPING: dict[str, Any] = {
+    "dynamic": "strict",
+    "properties": {
+        "log_id": _keyword(),
+        "origin": _keyword(),
+        "size": {"type": "long"},
+        "compact_range": _stored_only(),
+        "last_checkpoint_size": {"type": "long"},
+        "last_checkpoint_at": {"type": "double"},
+        "source_position": {"type": "long"},
+    },
+}
+_NODES_MAPPING: dict[str, Any] = {
+    "dynamic": "strict",
+    "properties": {"log_id": _keyword(), "hash": _stored_only()},
+}
+_CHECKPOINTS_MAPPING: dict[str, Any] = {
+    "dynamic": "strict",
+    "properties": {
+        "log_id": _keyword(),
+        "size": {"type": "long"},
+        "root_hash": _keyword(),
+        "note": _stored_only(),
+        "signed_at": _keyword(),
+    },
+}
+
+# Same merge as SqliteStore's answers upsert: a field takes the span's value when the span has
+# one, else the log event's; so arrival order does not matter. `fragments` makes a replayed
+# fragment a no-op (no write at all).
+_MERGED = (
+    "time", "day", "question", "answer", "provider", "model", "request_model", "input_tokens",
+    "output_tokens", "cost_e10", "cost_currency", "service", "user", "feature",
+)
+_MERGE_SCRIPT = """
+Map src = ctx._source;
+Map doc = params.doc;
+if (src.fragments != null && src.fragments.contains(doc.record_id)) { ctx.op = 'none'; return; }
+boolean span = doc.has_span;
+if (src.tenant == null) { src.tenant = doc.tenant; src.trace_id = doc.trace_id; src.span_id = doc.span_id; }
+if (span || src.record_id == null) { src.record_id = doc.record_id; }
+src.has_span = span || src.has_span == true;
+for (String f : FIELDS) {
+  def v = doc[f];
+  if (v != null && (span || src[f] == null)) { src[f] = v; }
+}
+if (src.fragments == null) { src.fragments = new ArrayList(); }
+src.fragments.add(doc.record_id);
+""".replace("FIELDS", "[" + ", ".join(f"'{f}'" for f in _MERGED) + "]")
+
+_REVOKE_SCRIPT = "if (ctx._source.revoked_at == null) { ctx._source.revoked_at = params.now } else { ctx.op = 'none' }"
+
+_GROUP_FIELDS = {
+    "tenant": "tenant", "service": "service", "model": "model", "user": "user",
+    "feature": "feature", "provider": "provider", "day": "day",
+}
+_ANSWER_SOURCE = [
+    "record_id", "trace_id", "span_id", "time", "question", "answer", "provider", "model",
+    "input_tokens", "output_tokens", "cost_e10", "cost_currency", "service", "user",
+]
+
+
+@dataclass(frozen=True)
+class RolloverResult:
+    rolled_over: bool
+    old_index: str | None
+    new_index: str | None
+    conditions: dict[str, bool] = field(default_factory=dict)  # which conditions were met
+
+
+class _Serializer(JSONSerializer):
+    """orjson both ways: search responses carry up to 10k records."""
+
+    def loads(self, s: str) -> Any:
+        return orjson.loads(s)
+
+    def dumps(self, data: Any) -> Any:
+        if isinstance(data, (str, bytes)):
+            return data
+        return orjson.dumps(data, default=self.default).decode()
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")
+
+
+def _from_e10(value: int) -> Decimal:
+    """Exact, with ten decimal places as the cost module writes them."""
+    whole, fraction = divmod(abs(value), 10**10)
+    return Decimal(f"{'-' if value < 0 else ''}{whole}.{fraction:010d}")
+
+
+def answer_id(tenant: str, trace_id: str, span_id: str) -> str:
+    """The answers document of a span (trace and span ids are hex, so `/` is unambiguous)."""
+    return hashlib.sha256(f"{tenant}/{trace_id}/{span_id}".encode()).hexdigest()
+
+
+def _answer_doc(r: AuditRecord) -> dict[str, Any]:
+    cost = r.cost
+    priced = cost is not None and cost.amount is not None
+    return {
+        "tenant": r.tenant, "trace_id": r.trace_id, "span_id": r.span_id, "record_id": r.record_id,
+        "has_span": r.origin == "span", "time": r.start_time,
+        "day": r.start_time[:10] if r.start_time else None, "question": r.question, "answer": r.answer,
+        "provider": r.provider, "model": r.response_model or r.request_model, "request_model": r.request_model,
+        "input_tokens": r.input_tokens, "output_tokens": r.output_tokens,
+        "cost_e10": int(cost.amount.scaleb(10)) if priced else None,
+        "cost_currency": cost.currency if priced else None,
+        "service": r.service, "user": r.user_pseudonym, "feature": r.feature,
+    }
+
+
+def _is_answer(r: AuditRecord) -> bool:
+    return r.kind == Kind.COMPLETION and bool(r.trace_id) and bool(r.span_id)
+
+
+def _reason(error: Any) -> str:
+    if not isinstance(error, dict):
+        return str(error)
+    roots = error.get("root_cause") or []
+    if error.get("type") == "search_phase_execution_exception" and roots and isinstance(roots[0], dict):
+        error = roots[0]  # "all shards failed" says nothing; the root cause does
+    text = f"{error.get('type', 'error')}: {error.get('reason', '')}"
+    cause = error.get("caused_by")
+    if isinstance(cause, dict) and cause.get("reason") and cause["reason"] not in text:
+        text += f" ({_reason(cause)})"
+    return text
+
+
+def _without_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl() if parts.netloc else url
+
+
+def _retriable_status(status: int) -> bool:
+    return status == 429 or status >= 500
+
+
+class OpenSearchStore:
+    """Store on OpenSearch. `refresh` is passed to every record write: `False` (collector:
+    visible within `refresh_interval`, fastest), `"wait_for"` (visible on return, waits for
+    the next scheduled refresh) or `True` (forces a refresh; costly under load)."""
+
+    def __init__(
+        self,
+        client: OpenSearch,
+        *,
+        prefix: str = "aitrail",
+        refresh: bool | str = False,
+        shards: int = 1,
+        replicas: int = 0,
+        refresh_interval: str = "1s",
+        rollover_conditions: dict[str, Any] | None = None,
+        url: str = "",
+    ) -> None:
+        self._client = client
+        self.prefix = prefix
+        self.refresh = refresh
+        self.shards, self.replicas, self.refresh_interval = shards, replicas, refresh_interval
+        self.rollover_conditions = {k: v for k, v in (rollover_conditions or {}).items() if v not in (None, "")}
+        self._url = _without_credentials(url)  # for error messages
+        self.template_name = self.write_alias = f"{prefix}-records"
+        self.records_pattern = f"{prefix}-records-*"
+        self.first_index = f"{prefix}-records-000001"
+        self.answers_index = f"{prefix}-answers"
+        self.keys_index = f"{prefix}-keys"
+        self.secrets_index = f"{prefix}-secrets"
+        self.logs_index = f"{prefix}-logs"
+        self.nodes_index = f"{prefix}-merkle-nodes"
+        self.checkpoints_index = f"{prefix}-checkpoints"
+        self.merge_script = f"{prefix}-answers-merge"
+
+    @classmethod
+    def from_settings(
+        cls, settings: OpenSearchSettings, *, refresh: bool | str = False, ensure_layout: bool = True
+    ) -> OpenSearchStore:
+        if not settings.url:
+            raise ConfigError("opensearch.url is not set")
+        auth = (settings.username, settings.password or "") if settings.username else None
+        client = OpenSearch(
+            hosts=[settings.url],
+            http_auth=auth,
+            verify_certs=settings.verify_certs,
+            timeout=_TIMEOUT_S,
+            retry_on_timeout=True,  # every write is idempotent, so resending is safe
+            max_retries=3,
+            pool_maxsize=16,
+            serializer=_Serializer(),
+        )
+        store = cls(
+            client,
+            prefix=settings.index_prefix,
+            refresh=refresh,
+            shards=settings.shards,
+            replicas=settings.replicas,
+            refresh_interval=settings.refresh_interval,
+            rollover_conditions={
+                "max_age": settings.rollover_max_age,
+                "max_docs": settings.rollover_max_docs,
+                "max_size": settings.rollover_max_size,
+            },
+            url=settings.url,
+        )
+        if ensure_layout:
+            try:
+                store.ensure_layout()
+            except BaseException:
+                store.close()
+                raise
+        return store
+
+    # -- errors -------------------------------------------------------------------------
+
+    @contextmanager
+    def _calling(self, what: str, *, client_error: type[AitrailError] = BadRequest) -> Iterator[None]:
+        """OpenSearch exceptions as aitrail errors: unreachable, overloaded, failing or refusing
+        our credentials is retriable (`Unavailable`); a 400 is `client_error`."""
+        try:
+            yield
+        except ConnectionTimeout as exc:
+            raise Unavailable(f"OpenSearch {self._url} timed out {what}") from exc
+        except ConnectionError as exc:
+            raise Unavailable(f"OpenSearch {self._url} is unreachable ({what}): {exc.info}") from exc
+        except TransportError as exc:
+            status = exc.status_code if isinstance(exc.status_code, int) else 503
+            reason = _reason(exc.info.get("error") if isinstance(exc.info, dict) else exc.info)
+            if _retriable_status(status) or status in (401, 403):
+                raise Unavailable(f"OpenSearch answered {status} {what}: {reason}") from exc
+            if status == 404:
+                raise Unavailable(f"OpenSearch layout incomplete ({what}): {reason}; run ensure_layout") from exc
+            if status == 400:
+                raise client_error(f"OpenSearch refused {what}: {reason}") from exc
+            raise AitrailError(f"OpenSearch answered {status} {what}: {reason}") from exc
+
+    # -- layout -------------------------------------------------------------------------
+
+    def records_template(self) -> dict[str, Any]:
+        template = index_template(self.prefix)
+        index = template["template"]["settings"]["index"]
+        index.update(
+            number_of_shards=self.shards, number_of_replicas=self.replicas, refresh_interval=self.refresh_interval
+        )
+        return template
+
+    def _index_settings(self, shards: int = 1) -> dict[str, Any]:
+        return {
+            "index": {
+                "number_of_shards": shards,
+                "number_of_replicas": self.replicas,
+                "refresh_interval": self.refresh_interval,
+            }
+        }
+
+    def ensure_layout(self) -> None:
+        """Create what is missing and update what may have changed (template, script,
+        mappings of the fixed indices). Idempotent; safe from several processes at once."""
+        with self._calling("installing the index layout", client_error=ConfigError):
+            self._client.indices.put_index_template(name=self.template_name, body=self.records_template())
+            self._client.put_script(
+                id=self.merge_script, body={"script": {"lang": "painless", "source": _MERGE_SCRIPT}}
+            )
+            if not self._client.indices.exists_alias(name=self.write_alias):
+                self._create_index(self.first_index, {"aliases": {self.write_alias: {"is_write_index": True}}})
+                if not self._client.indices.exists_alias(name=self.write_alias):
+                    raise ConfigError(
+                        f"{self.first_index} exists but the write alias {self.write_alias} does not; "
+                        "add the alias (is_write_index) to the newest records index"
+                    )
+            self._upgrade_records_mapping()
+            for name, mapping, shards in (
+                (self.answers_index, _ANSWERS_MAPPING, self.shards),
+                (self.keys_index, _KEYS_MAPPING, 1),
+                (self.secrets_index, _SECRETS_MAPPING, 1),
+                (self.logs_index, _LOGS_MAPPING, 1),
+                (self.nodes_index, _NODES_MAPPING, self.shards),
+                (self.checkpoints_index, _CHECKPOINTS_MAPPING, 1),
+            ):
+                if not self._create_index(name, {"settings": self._index_settings(shards), "mappings": mapping}):
+                    self._client.indices.put_mapping(index=name, body=mapping)
+
+    def _upgrade_records_mapping(self) -> None:
+        """Fields added to the record model reach the current write index, so a newer
+        writer's records are not refused by `dynamic: strict`; a change OpenSearch cannot
+        apply in place starts a new write index from the template instead."""
+        mappings = self.records_template()["template"]["mappings"]
+        write_index = self._write_index()
+        try:
+            self._client.indices.put_mapping(index=write_index, body=mappings)
+        except RequestError as exc:
+            log.warning("records mapping cannot be updated in place (%s); rolling over", _reason(exc.info.get("error")))
+            self.rollover(force=True)
+
+    def _write_index(self) -> str:
+        aliases = self._client.indices.get_alias(name=self.write_alias)
+        flagged = [i for i, a in aliases.items() if a["aliases"][self.write_alias].get("is_write_index")]
+        if not flagged and len(aliases) != 1:
+            raise ConfigError(f"the alias {self.write_alias} has no write index; set is_write_index on the newest")
+        return flagged[0] if flagged else next(iter(aliases))
+
+    def _create_index(self, name: str, body: dict[str, Any]) -> bool:
+        """False when it already exists (another process may have just created it)."""
+        try:
+            self._client.indices.create(index=name, body=body)
+        except RequestError as exc:
+            if exc.error == "resource_already_exists_exception":
+                return False
+            raise
+        return True
+
+    def rollover(self, *, force: bool = False) -> RolloverResult:
+        """Start a new records index when the current one meets a configured condition
+        (`rollover_max_age` / `_docs` / `_size`), or now with `force`. Without ISM, something
+        must call this periodically (see docs/opensearch.md). The old index is refreshed once
+        rolled, so every record in it is searchable (and so recognised as a duplicate)."""
+        if not force and not self.rollover_conditions:
+            return RolloverResult(False, None, None)
+        body = None if force else {"conditions": self.rollover_conditions}
+        with self._calling("rolling over", client_error=ConfigError):
+            response = self._client.indices.rollover(alias=self.write_alias, body=body)
+            if response.get("rolled_over"):
+                self._client.indices.refresh(index=response["old_index"])
+        return RolloverResult(
+            rolled_over=bool(response.get("rolled_over")),
+            old_index=response.get("old_index"),
+            new_index=response.get("new_index"),
+            conditions=response.get("conditions", {}),
+        )
+
+    def records_indices(self) -> list[str]:
+        """The concrete records indices, oldest first."""
+        with self._calling("listing indices"):
+            return sorted(self._client.indices.get_alias(index=self.records_pattern))
+
+    # -- RecordWriter -------------------------------------------------------------------
+
+    def write(self, records: Sequence[AuditRecord], updates: Sequence[LogUpdate] = ()) -> WriteResult:
+        """Records first (then their answers), then the log updates: nodes and checkpoints,
+        and last the log states, so a stored state never points past stored nodes. Not one
+        transaction: a failure may leave part of it stored (writing it all again is correct)."""
+        if updates:
+            self._check_forks(updates)
+        result = self._write_records(records) if records else WriteResult(0, 0)
+        if updates:
+            self._write_updates(updates)
+        return result
+
+    def _write_records(self, records: Sequence[AuditRecord]) -> WriteResult:
+        batch: dict[str, AuditRecord] = {}
+        for record in records:
+            batch.setdefault(record.record_id, record)
+        # A record rolled into an older index is invisible to `create` in the write index.
+        stored = self._stored_where(list(batch))
+        created, conflicts, retry, rejected = self._create([r for rid, r in batch.items() if rid not in stored])
+        stored.update(conflicts)
+        # Answers of new records from this batch; those of duplicates from what is stored
+        # (a no-op unless an earlier write stopped between the two bulks).
+        fragments = [_answer_doc(r) for r in created if _is_answer(r)]
+        fragments += self._stored_answer_docs({rid: i for rid, i in stored.items() if _is_answer(batch[rid])})
+        answer_retry, answer_rejected = self._merge_answers(fragments)
+        retry += answer_retry
+        rejected.update(answer_rejected)
+        if retry:
+            raise Unavailable(
+                f"OpenSearch did not store {len(retry)} of {len(records)} records, retry the batch: {retry[0]}"
+            )
+        if rejected:
+            error = InvalidInput(
+                f"OpenSearch rejected {len(rejected)} of {len(records)} records: "
+                + "; ".join(f"record {rid}: {why}" for rid, why in sorted(rejected.items()))
+            )
+            error.rejected = rejected  # type: ignore[attr-defined]  # record id -> reason
+            raise error
+        return WriteResult(len(created), len(records) - len(created))
+
+    def existing(self, record_ids: Sequence[str]) -> dict[str, tuple[str | None, int | None]]:
+        """Real time: searchable records in any index, plus an `mget` on the write index for
+        the rest (written there but not refreshed yet)."""
+        ids = list(set(record_ids))
+        if not ids:
+            return {}
+        found = self._stored_where(ids, positions=True)
+        rest = [i for i in ids if i not in found]
+        if rest:
+            with self._calling("checking for stored records", client_error=InvalidInput):
+                index = self._write_index()
+                for first in range(0, len(rest), _PAGE):
+                    docs = [{"_index": index, "_id": i} for i in rest[first : first + _PAGE]]
+                    response = self._client.mget(
+                        body={"docs": docs},
+                        params={"_source_includes": "log_id,leaf_index", "filter_path": "docs._id,docs.found,docs._source"},
+                    )
+                    for d in response.get("docs", []):
+                        if d.get("found"):
+                            source = d.get("_source") or {}
+                            found[d["_id"]] = (source.get("log_id"), source.get("leaf_index"))
+        return found
+
+    def _stored_where(self, ids: list[str], *, positions: bool = False) -> dict:
+        """For the ids any records index already holds (as searchable): record id -> index,
+        or with `positions` record id -> (log_id, leaf_index)."""
+        found: dict = {}
+        for first in range(0, len(ids), _PAGE):
+            chunk = ids[first : first + _PAGE]
+            with self._calling("checking for stored records", client_error=InvalidInput):
+                response = self._client.search(
+                    index=self.records_pattern,
+                    body={"query": {"ids": {"values": chunk}}, "size": len(chunk),
+                          "_source": ["log_id", "leaf_index"] if positions else False, "track_total_hits": False},
+                    params={"filter_path": "hits.hits._id,hits.hits._index,hits.hits._source"},
+                )
+            for hit in response.get("hits", {}).get("hits", []):
+                source = hit.get("_source") or {}
+                found[hit["_id"]] = (source.get("log_id"), source.get("leaf_index")) if positions else hit["_index"]
+        return found
+
+    def _refresh_param(self) -> dict[str, Any]:
+        return {} if self.refresh is False else {"refresh": self.refresh}
+
+    def _create(
+        self, records: list[AuditRecord]
+    ) -> tuple[list[AuditRecord], dict[str, str], list[str], dict[str, str]]:
+        """Bulk `create` into the write alias: (created, conflicts id -> index, retriable
+        failures, rejected id -> reason)."""
+        if not records:
+            return [], {}, [], {}
+        lines: list[bytes] = []
+        for record in records:
+            lines.append(orjson.dumps({"create": {"_id": record.record_id}}))
+            lines.append(canonical_json(record))
+        with self._calling("writing records", client_error=InvalidInput):
+            response = self._client.bulk(
+                body=b"\n".join(lines) + b"\n",
+                index=self.write_alias,
+                require_alias=True,  # never auto-create an index named like the alias
+                params={"filter_path": "errors,items.*.status,items.*.error,items.*._index"},
+                **self._refresh_param(),
+            )
+        if not response.get("errors"):
+            return records, {}, [], {}
+        created, conflicts, retry, rejected = [], {}, [], {}
+        for record, item in zip(records, response["items"], strict=True):
+            result = item["create"]
+            status = result["status"]
+            if status < 300:
+                created.append(record)
+            elif status == 409:
+                conflicts[record.record_id] = result["_index"]
+            elif _retriable_status(status) or status == 404:  # 404: the write alias is gone
+                retry.append(f"record {record.record_id}: {status} {_reason(result.get('error'))}")
+            else:
+                rejected[record.record_id] = _reason(result.get("error"))
+        return created, conflicts, retry, rejected
+
+    def _stored_answer_docs(self, where: dict[str, str]) -> list[dict[str, Any]]:
+        if not where:
+            return []
+        docs = [{"_index": index, "_id": rid} for rid, index in where.items()]
+        with self._calling("reading stored completions", client_error=InvalidInput):
+            response = self._client.mget(body={"docs": docs}, params={"filter_path": "docs._source,docs.found"})
+        return [
+            _answer_doc(AuditRecord.model_validate(d["_source"])) for d in response.get("docs", []) if d.get("found")
+        ]
+
+    def _merge_answers(self, fragments: list[dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
+        if not fragments:
+            return [], {}
+        lines: list[bytes] = []
+        for doc in fragments:
+            lines.append(orjson.dumps({"update": {
+                "_index": self.answers_index, "_id": answer_id(doc["tenant"], doc["trace_id"], doc["span_id"]),
+                "retry_on_conflict": 5,
+            }}))
+            lines.append(orjson.dumps({"script": {"id": self.merge_script, "params": {"doc": doc}},
+                                       "scripted_upsert": True, "upsert": {}}))
+        with self._calling("indexing answers", client_error=InvalidInput):
+            response = self._client.bulk(
+                body=b"\n".join(lines) + b"\n",
+                params={"filter_path": "errors,items.*.status,items.*.error"},
+                **self._refresh_param(),
+            )
+        retry, rejected = [], {}
+        if response.get("errors"):
+            for doc, item in zip(fragments, response["items"], strict=True):
+                result = item["update"]
+                status = result["status"]
+                if status < 300:
+                    continue
+                reason = _reason(result.get("error"))
+                if _retriable_status(status) or status in (404, 409):
+                    retry.append(f"answer of record {doc['record_id']}: {status} {reason}")
+                else:
+                    rejected[doc["record_id"]] = f"answers index: {reason}"
+        return retry, rejected
+
+    # -- RecordReader -------------------------------------------------------------------
+
+    def _search(self, index: str, body: dict[str, Any], what: str) -> dict[str, Any]:
+        with self._calling(what):
+            return self._client.search(index=index, body=body)
+
+    def get(self, tenant: str, record_id: str) -> AuditRecord | None:
+        body = {
+            "query": {"bool": {"filter": [{"ids": {"values": [record_id]}}, {"term": {"tenant": tenant}}]}},
+            "size": 1,
+        }
+        hits = self._search(self.records_pattern, body, "reading a record")["hits"]["hits"]
+        return AuditRecord.model_validate(hits[0]["_source"]) if hits else None
+
+    def trace(self, tenant: str, trace_id: str) -> list[AuditRecord]:
+        """All records, however many: pages of 10,000 by `search_after`."""
+        body: dict[str, Any] = {
+            "query": {"bool": {"filter": [{"term": {"tenant": tenant}}, {"term": {"trace_id": trace_id}}]}},
+            "sort": [
+                {"start_time": {"order": "asc", "missing": "_first"}},
+                {"leaf_index": {"order": "asc", "missing": "_last"}},
+                {"record_id": {"order": "asc"}},
+            ],
+            "size": _PAGE,
+            "track_total_hits": False,
+        }
+        records: list[AuditRecord] = []
+        seen: set[str] = set()
+        while True:
+            hits = self._search(self.records_pattern, body, "reading a trace")["hits"]["hits"]
+            for hit in hits:
+                if hit["_id"] not in seen:  # the same record in two indices (see docs): once
+                    seen.add(hit["_id"])
+                    records.append(AuditRecord.model_validate(hit["_source"]))
+            if len(hits) < _PAGE:
+                return records
+            body["search_after"] = hits[-1]["sort"]
+
+    def search_answers(self, query: AnswerQuery) -> AnswerPage:
+        filters: list[dict[str, Any]] = [{"term": {"tenant": query.tenant}}, *self._time_range(query.start, query.end)]
+        for name, value in (("service", query.service), ("user", query.user)):
+            if value is not None:
+                filters.append({"term": {name: value}})
+        if query.model is not None:
+            filters.append({"bool": {"should": [{"term": {"model": query.model}},
+                                                {"term": {"request_model": query.model}}],
+                                     "minimum_should_match": 1}})
+        if query.text:
+            if match_expression(query.text) is None:
+                raise BadRequest("q has no searchable words")
+            # Every word must occur, in question or answer, as one of the languages reads it.
+            filters.append({"bool": {"should": [
+                {"multi_match": {"query": query.text, "fields": [f"question{sub}", f"answer{sub}"],
+                                 "type": "cross_fields", "operator": "and"}}
+                for sub in ("", ".cjk", ".thai")
+            ], "minimum_should_match": 1}})
+        body = {
+            "query": {"bool": {"filter": filters}},
+            "sort": [{"time": {"order": "desc", "missing": "_last"}}, {"record_id": {"order": "desc"}}],
+            "from": query.offset,
+            "size": query.limit,
+            "track_total_hits": True,
+            "_source": _ANSWER_SOURCE,
+        }
+        response = self._search(self.answers_index, body, "searching answers")
+        answers = []
+        for hit in response["hits"]["hits"]:
+            s = hit["_source"]
+            cost = s.get("cost_e10")
+            answers.append(Answer(
+                record_id=s["record_id"], trace_id=s["trace_id"], span_id=s["span_id"], time=s.get("time"),
+                question=s.get("question"), answer=s.get("answer"), provider=s.get("provider"),
+                model=s.get("model"), input_tokens=s.get("input_tokens"), output_tokens=s.get("output_tokens"),
+                cost_amount=None if cost is None else _from_e10(cost), cost_currency=s.get("cost_currency"),
+                service=s.get("service"), user=s.get("user"),
+            ))
+        return AnswerPage(answers=answers, count=response["hits"]["total"]["value"])
+
+    @staticmethod
+    def _time_range(start: str | None, end: str | None) -> list[dict[str, Any]]:
+        bounds = {k: v for k, v in (("gte", start), ("lte", end)) if v is not None}
+        return [{"range": {"time": bounds}}] if bounds else []
+
+    def costs(self, query: CostQuery) -> list[CostRow]:
+        unknown = [g for g in query.group_by if g not in COST_GROUPS]
+        if unknown:
+            raise BadRequest(f"cannot group by {', '.join(unknown)}; choose from {', '.join(COST_GROUPS)}")
+        filters = [{"term": {"tenant": query.tenant}}, {"term": {"has_span": True}},
+                   *self._time_range(query.start, query.end)]
+        rows = self._cost_rows(query.group_by, filters, split=False)
+        if any(abs(total) >= _EXACT_DOUBLE for _, _, total in rows):
+            rows = self._cost_rows(query.group_by, filters, split=True)
+        return [row for row, _, _ in rows]
+
+    def _cost_rows(
+        self, groups: tuple[str, ...], filters: list[dict[str, Any]], *, split: bool
+    ) -> list[tuple[CostRow, dict[str, Any], float]]:
+        """(row, its buckets, the cost sum as the aggregation returned it). With `split` the
+        cost is summed as two scripted parts, each small enough to stay exact."""
+        metrics: dict[str, Any] = {
+            "input_tokens": {"sum": {"field": "input_tokens"}},
+            "output_tokens": {"sum": {"field": "output_tokens"}},
+            "unpriced": {"missing": {"field": "cost_e10"}},
+            "currency": {"terms": {"field": "cost_currency", "size": 1, "order": {"_key": "desc"}}},
+        }
+        if split:
+            part = "doc['cost_e10'].size() == 0 ? 0L : doc['cost_e10'].value {op} {n}L"
+            metrics["cost_hi"] = {"sum": {"script": {"source": part.format(op="/", n=_COST_SPLIT)}}}
+            metrics["cost_lo"] = {"sum": {"script": {"source": part.format(op="%", n=_COST_SPLIT)}}}
+        else:
+            metrics["cost"] = {"sum": {"field": "cost_e10"}}
+
+        def row(group: dict[str, Any], calls: int, aggs: dict[str, Any]) -> tuple[CostRow, dict[str, Any], float]:
+            if split:
+                total = int(aggs["cost_hi"]["value"]) * _COST_SPLIT + int(aggs["cost_lo"]["value"])
+                raw = 0.0
+            else:
+                total, raw = int(aggs["cost"]["value"]), aggs["cost"]["value"]
+            currencies = aggs["currency"]["buckets"]
+            return CostRow(
+                group=group, calls=calls, input_tokens=int(aggs["input_tokens"]["value"]),
+                output_tokens=int(aggs["output_tokens"]["value"]), cost=_from_e10(total),
+                currency=currencies[0]["key"] if currencies else None, unpriced_calls=aggs["unpriced"]["doc_count"],
+            ), aggs, raw
+
+        body: dict[str, Any] = {"query": {"bool": {"filter": filters}}, "size": 0}
+        if not groups:
+            body |= {"aggs": metrics, "track_total_hits": True}
+            response = self._search(self.answers_index, body, "summing costs")
+            calls = response["hits"]["total"]["value"]
+            return [row({}, calls, response["aggregations"])] if calls else []
+        composite: dict[str, Any] = {
+            "size": _GROUPS_PAGE,
+            "sources": [{g: {"terms": {"field": _GROUP_FIELDS[g], "missing_bucket": True}}} for g in groups],
+        }
+        body |= {"aggs": {"groups": {"composite": composite, "aggs": metrics}}, "track_total_hits": False}
+        rows = []
+        while True:
+            result = self._search(self.answers_index, body, "summing costs")["aggregations"]["groups"]
+            for bucket in result["buckets"]:
+                rows.append(row({g: bucket["key"][g] for g in groups}, bucket["doc_count"], bucket))
+            if "after_key" not in result or not result["buckets"]:
+                return rows
+            composite["after"] = result["after_key"]
+
+    # -- Merkle logs --------------------------------------------------------------------
+
+    def _check_forks(self, updates: Sequence[LogUpdate]) -> None:
+        """Before anything is written: a checkpoint already stored for the same log and size
+        must have the same root."""
+        wanted = {f"{cp.log_id}/{cp.size}": cp for u in updates for cp in u.checkpoints}
+        if not wanted:
+            return
+        docs = [{"_index": self.checkpoints_index, "_id": i} for i in wanted]
+        with self._calling("reading checkpoints", client_error=InvalidInput):
+            response = self._client.mget(body={"docs": docs}, params={"filter_path": "docs._id,docs._source.root_hash"})
+        for doc in response.get("docs", []):
+            stored = doc.get("_source", {}).get("root_hash")
+            cp = wanted[doc["_id"]]
+            if stored is not None and stored != cp.root_hash.hex():
+                raise ForkError(f"log {cp.log_id} already has a different checkpoint for size {cp.size}")
+
+    def _write_updates(self, updates: Sequence[LogUpdate]) -> None:
+        lines: list[bytes] = []
+        nodes, checkpoints = self.nodes_index, self.checkpoints_index
+        for u in updates:
+            for level, index, digest in u.nodes:
+                lines.append(orjson.dumps({"create": {"_index": nodes, "_id": f"{u.log_id}/{level}/{index}"}}))
+                lines.append(orjson.dumps({"log_id": u.log_id, "hash": digest.hex()}))
+            for cp in u.checkpoints:
+                lines.append(orjson.dumps({"create": {"_index": checkpoints, "_id": f"{cp.log_id}/{cp.size}"}}))
+                lines.append(orjson.dumps(cp.to_dict()))
+        if lines:  # checkpoints are searched, so they follow `refresh`; nodes and states are read by id
+            self._bulk_log_items(lines, "writing Merkle nodes and checkpoints", searched=True)
+        states: dict[str, LogState] = {u.log_id: u.state for u in updates}  # the last one per log
+        lines = []
+        for log_id, state in states.items():
+            lines.append(orjson.dumps({"index": {"_index": self.logs_index, "_id": log_id}}))
+            lines.append(orjson.dumps(state.to_dict()))
+        self._bulk_log_items(lines, "writing log states", searched=False)
+
+    def _bulk_log_items(self, lines: list[bytes], what: str, *, searched: bool) -> None:
+        """Our own documents: a 409 on `create` is the same value stored before (ids are
+        content addresses in the log), anything else is retriable or a bug."""
+        with self._calling(what):
+            response = self._client.bulk(
+                body=b"\n".join(lines) + b"\n",
+                params={"filter_path": "errors,items.*.status,items.*.error,items.*._id"},
+                **(self._refresh_param() if searched else {}),
+            )
+        if not response.get("errors"):
+            return
+        for item in response["items"]:
+            ((_, result),) = item.items()
+            status = result["status"]
+            if status < 300 or status == 409:
+                continue
+            reason = f"{what}: {result.get('_id')}: {status} {_reason(result.get('error'))}"
+            raise Unavailable(reason) if _retriable_status(status) else AitrailError(reason)
+
+    def log_ids(self) -> list[str]:
+        """Logs with a stored state, and logs that records claim (even without a state)."""
+        ids = {h["_id"] for h in self._search(
+            self.logs_index, {"query": {"match_all": {}}, "size": _PAGE, "_source": False}, "listing logs"
+        )["hits"]["hits"]}
+        composite: dict[str, Any] = {"size": _GROUPS_PAGE, "sources": [{"log": {"terms": {"field": "log_id"}}}]}
+        body = {"size": 0, "aggs": {"logs": {"composite": composite}}, "track_total_hits": False}
+        while True:
+            result = self._search(self.records_pattern, body, "listing logs")["aggregations"]["logs"]
+            ids.update(b["key"]["log"] for b in result["buckets"])
+            if "after_key" not in result or not result["buckets"]:
+                return sorted(ids)
+            composite["after"] = result["after_key"]
+
+    def log_state(self, log_id: str) -> LogState | None:
+        with self._calling("reading a log state"):
+            try:
+                return LogState.from_dict(self._client.get(index=self.logs_index, id=log_id)["_source"])
+            except NotFoundError as exc:
+                if exc.error == "index_not_found_exception":
+                    raise
+                return None
+
+    def log_size(self, log_id: str) -> int:
+        state = self.log_state(log_id)
+        return state.size if state else 0
+
+    def checkpoints(self, log_id: str) -> list[SignedCheckpoint]:
+        return [SignedCheckpoint.from_dict(s) for s in self._paged(
+            self.checkpoints_index, {"term": {"log_id": log_id}}, [{"size": "asc"}], "reading checkpoints"
+        )]
+
+    def latest_checkpoint(self, log_id: str) -> SignedCheckpoint | None:
+        body = {"query": {"term": {"log_id": log_id}}, "sort": [{"size": "desc"}], "size": 1}
+        hits = self._search(self.checkpoints_index, body, "reading checkpoints")["hits"]["hits"]
+        return SignedCheckpoint.from_dict(hits[0]["_source"]) if hits else None
+
+    def records_in_log(self, log_id: str) -> Iterator[AuditRecord]:
+        sort = [{"leaf_index": {"order": "asc", "missing": "_last"}}, {"record_id": "asc"}]
+        for source in self._paged(self.records_pattern, {"term": {"log_id": log_id}}, sort, "reading a log"):
+            yield AuditRecord.model_validate(source)
+
+    def nodes(self, log_id: str, keys: Sequence[tuple[int, int]]) -> Mapping[tuple[int, int], bytes]:
+        """Real-time gets by id."""
+        out: dict[tuple[int, int], bytes] = {}
+        keys = list(keys)
+        for first in range(0, len(keys), _PAGE):
+            ids = [f"{log_id}/{level}/{index}" for level, index in keys[first : first + _PAGE]]
+            with self._calling("reading Merkle nodes"):
+                response = self._client.mget(
+                    index=self.nodes_index, body={"ids": ids}, params={"filter_path": "docs._id,docs._source.hash"}
+                )
+            for doc in response.get("docs", []):
+                if "_source" in doc:
+                    level, index = doc["_id"].rsplit("/", 2)[1:]
+                    out[int(level), int(index)] = bytes.fromhex(doc["_source"]["hash"])
+        return out
+
+    def _paged(self, index: str, query: dict[str, Any], sort: list[Any], what: str) -> Iterator[dict[str, Any]]:
+        """Every matching `_source`, in `sort` order (which must end on a unique field)."""
+        body: dict[str, Any] = {"query": {"bool": {"filter": [query]}}, "sort": sort, "size": _PAGE,
+                                "track_total_hits": False}
+        while True:
+            hits = self._search(index, body, what)["hits"]["hits"]
+            for hit in hits:
+                yield hit["_source"]
+            if len(hits) < _PAGE:
+                return
+            body["search_after"] = hits[-1]["sort"]
+
+    # -- KeyStore -----------------------------------------------------------------------
+
+    def create_key(self, tenant: str, role: Role) -> tuple[str, KeyInfo]:
+        key_id, key = new_key()
+        info = KeyInfo(key_id=key_id, tenant=tenant, role=Role(role), created_at=_now())
+        doc = {"key_id": key_id, "key_hash": hash_key(key), "tenant": tenant, "role": info.role.value,
+               "created_at": info.created_at}
+        with self._calling("creating a key", client_error=InvalidInput):
+            self._client.index(index=self.keys_index, id=key_id, body=doc, op_type="create", refresh="wait_for")
+        return key, info
+
+    def authenticate(self, key: str) -> Principal | None:
+        # `atk_<key id>_<secret>`: a real-time get by id, then the hash compared in constant time.
+        key_id = key.removeprefix(KEY_PREFIX).split("_", 1)[0] if key.startswith(KEY_PREFIX) else ""
+        if not key_id:
+            return None
+        with self._calling("checking a key"):
+            try:
+                doc = self._client.get(index=self.keys_index, id=key_id)["_source"]
+            except NotFoundError as exc:
+                if exc.error == "index_not_found_exception":
+                    raise
+                return None
+        if not hmac.compare_digest(doc["key_hash"], hash_key(key)) or doc.get("revoked_at"):
+            return None
+        return Principal(key_id=doc["key_id"], tenant=doc["tenant"], role=Role(doc["role"]))
+
+    def list_keys(self, tenant: str | None = None) -> list[KeyInfo]:
+        query = {"term": {"tenant": tenant}} if tenant is not None else {"match_all": {}}
+        body = {"query": query, "sort": [{"created_at": "asc"}, {"key_id": "asc"}], "size": _PAGE}
+        hits = self._search(self.keys_index, body, "listing keys")["hits"]["hits"]
+        return [
+            KeyInfo(s["key_id"], s["tenant"], Role(s["role"]), s["created_at"], s.get("revoked_at"))
+            for s in (h["_source"] for h in hits)
+        ]
+
+    def revoke_key(self, key_id: str) -> bool:
+        with self._calling("revoking a key"):
+            try:
+                response = self._client.update(
+                    index=self.keys_index, id=key_id, refresh="wait_for", retry_on_conflict=5,
+                    body={"script": {"source": _REVOKE_SCRIPT, "lang": "painless", "params": {"now": _now()}}},
+                )
+            except NotFoundError as exc:
+                if exc.error == "index_not_found_exception":
+                    raise
+                return False
+        return response["result"] == "updated"
+
+    # -- housekeeping -------------------------------------------------------------------
+
+    def secret(self, name: str) -> bytes:
+        """A random 32-byte secret kept in the store, created on first use (pseudonym key).
+        Several processes may race to create it; the first one wins, all read the same."""
+        with self._calling("reading a secret", client_error=ConfigError):
+            try:
+                return self._read_secret(name)
+            except NotFoundError as exc:
+                if exc.error == "index_not_found_exception":
+                    raise
+            value = secrets.token_bytes(32)
+            try:
+                self._client.index(
+                    index=self.secrets_index, id=name, op_type="create",
+                    body={"value": base64.b64encode(value).decode()},
+                )
+            except ConflictError:
+                return self._read_secret(name)
+            return value
+
+    def _read_secret(self, name: str) -> bytes:
+        return base64.b64decode(self._client.get(index=self.secrets_index, id=name)["_source"]["value"])
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._client.ping(request_timeout=5))
+        except Exception:  # noqa: BLE001  (readiness: any failure means not ready)
+            return False
+
+    def count(self, tenant: str | None = None) -> int:
+        query = {"term": {"tenant": tenant}} if tenant is not None else {"match_all": {}}
+        with self._calling("counting records"):
+            return self._client.count(index=self.records_pattern, body={"query": query})["count"]
+
+    def close(self) -> None:
+        self._client.close()
