@@ -46,6 +46,10 @@ def _configure_logging(settings: Settings, *, service: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
+    # opensearch-py logs every request at INFO and every 404 (a missing log state, say) at
+    # WARNING; aitrail reports the failures that matter itself.
+    logging.getLogger("opensearch").setLevel(logging.ERROR)
+    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
 
 
 class _JsonFormatter(logging.Formatter):
