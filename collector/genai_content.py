@@ -452,18 +452,70 @@ _URI_KEYS = ("source_uri", "source", "uri", "url", "file_path", "path", "documen
 _VERSION_KEYS = ("doc_version", "version", "document_version")
 _ACL_KEYS = ("acl_tags", "acl")
 _SCORE_KEYS = ("score", "relevance_score")
+_SHA_KEYS = ("content_sha256",)
+_RANK_KEYS = ("rank",)
 
 
 def _take(d: dict[str, Any], keys: tuple[str, ...], used: set[str] | None) -> Any:
     """First usable scalar under `keys` (lists only for ACL tags); records the key in `used`."""
     for k in keys:
         v = d.get(k)
-        if v is None or v == "" or isinstance(v, dict) or (isinstance(v, list) and k not in _ACL_KEYS):
+        if v is None:
+            continue
+        if type(v) is str:
+            if not v:
+                continue
+        elif v == "" or isinstance(v, dict) or (isinstance(v, list) and k not in _ACL_KEYS):
             continue
         if used is not None:
             used.add(k)
         return v
     return None
+
+
+# A document sent in our own shape (the aitrail SDK's, much RAG code's) maps to itself.
+_OWN_SHAPE = {
+    "doc_id": str, "chunk_id": str, "source_uri": str, "doc_version": str, "content_sha256": str, "snippet": str,
+    "score": float, "rank": int, "acl_tags": list,
+}
+
+
+def _as_sent(d: dict[str, Any], position: int) -> dict[str, Any] | None:
+    """`to_document(d, position)` when `d` already has the Document shape (known keys, usable
+    values of the field's type), else None. A shortcut: the general mapping gives the same."""
+    for k, v in d.items():
+        kind = _OWN_SHAPE.get(k)
+        if type(v) is not kind:  # also refuses keys of another shape (kind None)
+            return None
+        if kind is str and not v and k != "snippet":  # empty ids and versions go to metadata
+            return None
+    score = d.get("score")
+    if score is not None and not math.isfinite(score):
+        return None
+    rank = d.get("rank")
+    if rank is not None and not -_INT64 <= rank < _INT64:
+        return None
+    acl = d.get("acl_tags")
+    if acl is not None and not all(type(tag) is str for tag in acl):
+        return None
+    doc = dict(d)
+    if acl is not None:
+        doc["acl_tags"] = list(acl)
+    if rank is None:
+        doc["rank"] = position + 1
+    content = d.get("snippet")
+    if content is not None and "content_sha256" not in d:
+        doc["content_sha256"] = hashlib.sha256(content.encode()).hexdigest()
+    return doc
+
+
+# Text fields of a document: (field, keys in order of preference, also read from metadata).
+_TEXT_FIELDS = (
+    ("doc_id", _ID_KEYS, False),
+    ("chunk_id", ("chunk_id",), True),
+    ("source_uri", _URI_KEYS, True),
+    ("doc_version", _VERSION_KEYS, True),
+)
 
 
 def to_document(d: dict[str, Any], position: int) -> dict[str, Any]:
@@ -474,27 +526,22 @@ def to_document(d: dict[str, Any], position: int) -> dict[str, Any]:
     `snippet` is the content as sent (not shortened: it is what the model saw). `rank` is the
     sender's rank or the 1-based position in the list. Keys of the document not mapped to a
     field, and its metadata, are kept in `metadata`."""
+    as_sent = _as_sent(d, position)
+    if as_sent is not None:
+        return as_sent
     used: set[str] = {"metadata"}
-    meta = loads_maybe(d.get("metadata"))
-    meta_d = meta if isinstance(meta, dict) else {}
+    meta = d.get("metadata")
+    if meta is not None:
+        meta = loads_maybe(meta)
+    meta_d = meta if isinstance(meta, dict) else None
     doc: dict[str, Any] = {}
 
-    def pick(keys: tuple[str, ...]) -> Any:
+    for field, keys, from_meta in _TEXT_FIELDS:
         v = _take(d, keys, used)
-        return v if v is not None else _take(meta_d, keys, None)
-
-    v = _take(d, _ID_KEYS, used)
-    if v is not None:
-        doc["doc_id"] = to_text(v)
-    v = pick(("chunk_id",))
-    if v is not None:
-        doc["chunk_id"] = to_text(v)
-    v = pick(_URI_KEYS)
-    if v is not None:
-        doc["source_uri"] = to_text(v)
-    v = pick(_VERSION_KEYS)
-    if v is not None:
-        doc["doc_version"] = to_text(v)
+        if v is None and from_meta and meta_d:
+            v = _take(meta_d, keys, None)
+        if v is not None:
+            doc[field] = v if type(v) is str else to_text(v)
     content = d.get("snippet")
     if content is None:
         for k in _SNIPPET_KEYS[1:]:
@@ -505,25 +552,35 @@ def to_document(d: dict[str, Any], position: int) -> dict[str, Any]:
     else:
         used.add("snippet")
     if content is not None:
-        content = to_text(content)
+        if type(content) is not str:
+            content = to_text(content)
         doc["snippet"] = content
-    sha = pick(("content_sha256",))
+    sha = _take(d, _SHA_KEYS, used)
+    if sha is None and meta_d:
+        sha = _take(meta_d, _SHA_KEYS, None)
     if sha is not None:
-        doc["content_sha256"] = to_text(sha)
+        doc["content_sha256"] = sha if type(sha) is str else to_text(sha)
     elif content is not None:
         doc["content_sha256"] = hashlib.sha256(content.encode()).hexdigest()
     score = to_float(_take(d, _SCORE_KEYS, used))
     if score is not None:
         doc["score"] = score
-    rank = to_int(_take(d, ("rank",), used))
+    rank = to_int(_take(d, _RANK_KEYS, used))
     doc["rank"] = rank if rank is not None else position + 1
-    acl = pick(_ACL_KEYS)
+    acl = _take(d, _ACL_KEYS, used)
+    if acl is None and meta_d:
+        acl = _take(meta_d, _ACL_KEYS, None)
     if acl is not None:
         doc["acl_tags"] = to_str_list(acl)
-    extra = {k: v for k, v in d.items() if k not in used and v is not None}
+
+    # `used` holds the keys read from `d`, and "metadata"
+    unread = len(d) - len(used) + (0 if "metadata" in d else 1)
+    extra = {k: v for k, v in d.items() if k not in used and v is not None} if unread else None
     if meta is not None or extra:
-        merged: dict[str, Any] = dict(meta_d) if meta_d or meta is None else {"metadata": meta}
-        merged.update(extra)
+        # metadata that is not a non-empty object is kept under its own key
+        merged: dict[str, Any] = dict(meta_d) if meta_d else {} if meta is None else {"metadata": meta}
+        if extra:
+            merged.update(extra)
         doc["metadata"] = merged
     return doc
 

@@ -83,8 +83,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import weakref
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
 from aitrail.schemas.record import AuditRecord, record_id_for
@@ -374,7 +376,7 @@ def _classify(key: str) -> tuple[Any, ...]:
 
 
 class _Ctx:
-    __slots__ = ("tenant", "ingested_at", "pricer", "pseudonymise", "collector_version")
+    __slots__ = ("tenant", "ingested_at", "pricer", "pseudonymise", "pseudonyms", "collector_version")
 
     def __init__(self, tenant: str, ingested_at: str, pricer: Pricer | None,
                  pseudonymise: Callable[[str], str], collector_version: str) -> None:
@@ -382,7 +384,35 @@ class _Ctx:
         self.ingested_at = ingested_at
         self.pricer = pricer
         self.pseudonymise = pseudonymise
+        self.pseudonyms: dict[str, str] | None = None
         self.collector_version = collector_version
+
+    def pseudonym(self, raw: str) -> str:
+        cache = self.pseudonyms
+        if cache is None:
+            cache = self.pseudonyms = _pseudonym_cache(self.pseudonymise)
+        cached = cache.get(raw)
+        if cached is None:
+            if len(cache) >= _PSEUDONYMS_MAX:
+                cache.clear()
+            cached = cache[raw] = self.pseudonymise(raw)
+        return cached
+
+
+# Pseudonyms are a pure function of the raw id, and the same users come back span after span:
+# remember them per pseudonymiser (an HMAC costs more than mapping a small span).
+_PSEUDONYMS: weakref.WeakKeyDictionary[Callable[[str], str], dict[str, str]] = weakref.WeakKeyDictionary()
+_PSEUDONYMS_MAX = 10_000
+
+
+def _pseudonym_cache(pseudonymise: Callable[[str], str]) -> dict[str, str]:
+    try:
+        cache = _PSEUDONYMS.get(pseudonymise)
+        if cache is None:
+            cache = _PSEUDONYMS[pseudonymise] = {}
+    except TypeError:  # not weakly referenceable: remember for this call only
+        return {}
+    return cache
 
 
 class _Resource:
@@ -475,12 +505,14 @@ def normalise_traces(
     for resource_spans in traces.resource_spans:
         res: _Resource | None = None
         for scope_spans in resource_spans.scope_spans:
-            scope = scope_spans.scope
+            scope: tuple[str, str] | None = None
             for span in scope_spans.spans:
                 if not _is_of_interest(span):
                     continue
                 if res is None:
                     res = _resource(resource_spans.resource)
+                if scope is None:
+                    scope = (scope_spans.scope.name, scope_spans.scope.version)
                 _span_records(span, scope, res, ctx, out)
     return out
 
@@ -553,7 +585,7 @@ def _is_of_interest(span: Any) -> bool:
     return vector_db and traceloop
 
 
-def _span_records(span: Any, scope: Any, res: _Resource, ctx: _Ctx, out: list[AuditRecord]) -> None:
+def _span_records(span: Any, scope: tuple[str, str], res: _Resource, ctx: _Ctx, out: list[AuditRecord]) -> None:
     src = _Source("span")
     src.trace_id = id_hex(span.trace_id)
     src.span_id = id_hex(span.span_id)
@@ -566,8 +598,7 @@ def _span_records(span: Any, scope: Any, res: _Resource, ctx: _Ctx, out: list[Au
     if code:
         src.status_code = code
         src.status_message = status.message
-    src.scope_name = scope.name
-    src.scope_version = scope.version
+    src.scope_name, src.scope_version = scope
     attrs = attributes_to_dict(span.attributes)
     evaluations: list[tuple[int, dict[str, Any]]] | None = None
     if span.events:
@@ -878,11 +909,15 @@ def _build_record(src: _Source, attrs: dict[str, Any], res: _Resource, ctx: _Ctx
 
     # -- actor last: the scrub must see every value that ends up in the record
     if users or ips:
-        _actor(rec, users, ips, raw, ctx.pseudonymise)
+        _actor(rec, users, ips, raw, ctx.pseudonym)
 
     if kind == COMPLETION and ctx.pricer is not None and src.origin == "span":
         rec["cost"] = _cost(ctx.pricer, rec, start_ns)
-    return AuditRecord.model_validate(rec)
+    return _validate_record(rec)
+
+
+# `AuditRecord.model_validate` minus its keyword plumbing (it runs once per record).
+_validate_record = AuditRecord.__pydantic_validator__.validate_python
 
 
 def _invocation_parameters(
@@ -1307,7 +1342,8 @@ def _actor(
 ) -> None:
     replacements: dict[str, str] = {}
     if users:
-        users.sort(key=lambda u: u[0])
+        if len(users) > 1:
+            users.sort(key=_by_rank)
         for _, value in users:
             text = to_text(value)
             if text and text not in replacements:
@@ -1328,6 +1364,9 @@ def _actor(
                 rec[key] = _scrub(rec[key], needles)
         for key, value in raw.items():
             raw[key] = _scrub(value, needles)
+
+
+_by_rank = itemgetter(0)
 
 
 def _scrub(value: Any, needles: list[tuple[str, str]]) -> Any:
@@ -1354,14 +1393,15 @@ def _cost(pricer: Pricer, rec: dict[str, Any], start_ns: int) -> dict[str, Any]:
     except Exception as exc:  # a pricing bug must not dead-letter the spans
         log.warning("pricer failed for %s/%s: %s", rec.get("provider"), model, exc)
         return {"reason": f"pricer failed: {type(exc).__name__}: {exc}"}
-    cost = {
-        "amount": getattr(result, "amount", None),
-        "currency": getattr(result, "currency", None),
-        "price_table_version": getattr(result, "price_table_version", None),
-        "priced_by": getattr(result, "priced_by", None),
-        "reason": getattr(result, "reason", None),
-    }
-    return {k: v for k, v in cost.items() if v is not None}
+    cost = {}
+    for name in _COST_FIELDS:
+        value = getattr(result, name, None)
+        if value is not None:
+            cost[name] = value
+    return cost
+
+
+_COST_FIELDS = ("amount", "currency", "price_table_version", "priced_by", "reason")
 
 
 def _evaluation_records(

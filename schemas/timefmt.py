@@ -2,7 +2,8 @@
 
 `2026-11-24T07:30:00.123456789Z` — fixed width, so the text sorts in time order and keeps
 the nanosecond precision OTLP gives us. `ns_to_iso` runs a few times per span on the
-collector's hot path, hence the one-entry cache of the last whole second formatted.
+collector's hot path, hence the one-entry caches of the last whole second and the last day
+formatted.
 """
 
 from __future__ import annotations
@@ -11,16 +12,23 @@ import calendar
 import time
 
 _last_second: tuple[int, str] = (-1, "")
+_last_day: tuple[int, str] = (-1, "")
 
 
 def ns_to_iso(ns: int) -> str:
     """Nanoseconds since the Unix epoch → `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` (UTC)."""
-    global _last_second
+    global _last_second, _last_day
     seconds, frac = divmod(ns, 1_000_000_000)
     cached_second, prefix = _last_second
     if seconds != cached_second:
-        t = time.gmtime(seconds)
-        prefix = "%04d-%02d-%02dT%02d:%02d:%02d." % (t.tm_year, t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec)
+        day, second_of_day = divmod(seconds, 86_400)  # UTC has no leap seconds in Unix time
+        cached_day, date = _last_day
+        if day != cached_day:
+            t = time.gmtime(seconds)
+            date = "%04d-%02d-%02dT" % (t.tm_year, t.tm_mon, t.tm_mday)
+            _last_day = (day, date)
+        minutes, second = divmod(second_of_day, 60)
+        prefix = "%s%02d:%02d:%02d." % (date, minutes // 60, minutes % 60, second)
         _last_second = (seconds, prefix)
     return "%s%09dZ" % (prefix, frac)
 
