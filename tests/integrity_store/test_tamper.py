@@ -56,7 +56,36 @@ class SqliteTamper:
         )
 
 
-TAMPERERS = {"sqlite": SqliteTamper}
+class OpenSearchTamper:
+    """What someone with write access to the cluster can do (index, delete, overwrite)."""
+
+    def __init__(self, store) -> None:
+        self.store, self.client = store, store._client
+
+    def _where(self, record_id: str) -> str:
+        hits = self.client.search(index=self.store.records_pattern, body={"query": {"ids": {"values": [record_id]}}})
+        return hits["hits"]["hits"][0]["_index"]
+
+    def replace(self, record: AuditRecord) -> None:
+        self.client.index(index=self._where(record.record_id), id=record.record_id, body=canonical_json(record),
+                          params={"refresh": "true"})
+
+    def delete(self, record_id: str) -> None:
+        self.client.delete(index=self._where(record_id), id=record_id, params={"refresh": "true"})
+
+    def insert(self, record: AuditRecord) -> None:
+        self.client.index(index=self.store.write_alias, id=record.record_id, body=canonical_json(record),
+                          params={"refresh": "true"})
+
+    def replace_checkpoint(self, cp: SignedCheckpoint) -> None:
+        self.add_checkpoint(cp)
+
+    def add_checkpoint(self, cp: SignedCheckpoint) -> None:
+        self.client.index(index=self.store.checkpoints_index, id=f"{cp.log_id}/{cp.size}", body=cp.to_dict(),
+                          params={"refresh": "true"})
+
+
+TAMPERERS = {"sqlite": SqliteTamper, "opensearch": OpenSearchTamper}
 
 
 @pytest.fixture(params=sorted(TAMPERERS))
