@@ -25,6 +25,8 @@ from aitrail.gateway.http import otlp_http_app
 from aitrail.auth import Authenticator
 from aitrail.gateway.ingest import IngestAuth, ingest_in_process
 from aitrail.metrics import Metrics
+from aitrail.integrity.system import append_system_records
+from aitrail.query_api.access import AccessLog
 from aitrail.query_api.app import create_app
 from aitrail.settings import Settings
 from aitrail.store.sqlite import SqliteStore
@@ -132,7 +134,13 @@ async def embedded(settings: Settings) -> AsyncIterator[Embedded]:
 
         api_sock = listen(settings.host, settings.api_port)
         verifier = sequencing.signer.verifier() if sequencing is not None else None
-        api = create_app(store, pseudonymise=pseudonymise, metrics=metrics, verifier=verifier, oidc=settings.auth.oidc)
+        async def append(records) -> None:  # access records take the same path as spans
+            await append_system_records(bus, records)
+
+        api = create_app(
+            store, pseudonymise=pseudonymise, metrics=metrics, verifier=verifier, oidc=settings.auth.oidc,
+            access_log=AccessLog(append),
+        )
         await serve_app(api, api_sock, stack)
 
         auth = IngestAuth(Authenticator(store.authenticate, settings.auth.oidc), required=settings.ingest.require_auth,

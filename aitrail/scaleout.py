@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -26,12 +27,13 @@ from aitrail.collector.pipeline import (
 )
 from aitrail.collector.sequencing import configured_verifier, open_sequencing
 from aitrail.embedded import listen, serve_app
-from aitrail.errors import AitrailError, Unavailable
+from aitrail.errors import AitrailError, ConfigError, Unavailable
 from aitrail.gateway.grpc import otlp_grpc_server
 from aitrail.gateway.http import otlp_http_app
 from aitrail.auth import Authenticator
 from aitrail.gateway.ingest import IngestAuth, ingest_split_by_trace
 from aitrail.metrics import CONTENT_TYPE_LATEST, Metrics
+from aitrail.query_api.access import AccessLog
 from aitrail.query_api.app import create_app
 from aitrail.settings import Settings
 from aitrail.store import open_store
@@ -213,9 +215,20 @@ async def api(settings: Settings) -> AsyncIterator[int]:
     async with contextlib.AsyncExitStack() as stack:
         store = open_store(settings)
         stack.callback(store.close)
+        # The API seals its access records into a log of its own: no other process writes it.
+        instance = settings.instance_name or socket.gethostname()
+        sequencing = open_sequencing(settings, store, create_key=False, default_log=f"access.{instance}")
+        if sequencing is None:
+            raise ConfigError("aitrail api logs every read in the tamper-evident trail; integrity.enabled must be true")
+        timer = asyncio.create_task(checkpoint_timer(sequencing))
+        stack.callback(timer.cancel)
+
+        async def append(records) -> None:
+            await asyncio.to_thread(sequencing.write, records)
+
         app = create_app(
             store, pseudonymise=hmac_pseudonymiser(store.secret("pseudonym")), verifier=configured_verifier(settings),
-            oidc=settings.auth.oidc,
+            oidc=settings.auth.oidc, access_log=AccessLog(append),
         )
         sock = listen(settings.host, settings.api_port)
         await serve_app(app, sock, stack)

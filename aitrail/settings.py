@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     otlp_grpc_port: int = Field(4317, ge=0, le=65535)
     api_port: int = Field(8080, ge=0, le=65535)
     prices_file: Path | None = Field(None, description="Your own price table, merged over the shipped one.")
+    instance_name: str | None = Field(
+        None, description="This process's name in the ids of logs it keeps (aitrail api's access log); default the host name."
+    )
     log_format: str = Field("text", description="`json` for services, `text` for people.")
     log_level: str = Field("INFO")
     kafka: KafkaSettings = KafkaSettings()

@@ -25,9 +25,9 @@ log = logging.getLogger(__name__)
 LOCAL_LOG = "local"
 
 
-def log_id_for(record: AuditRecord) -> str:
+def log_id_for(record: AuditRecord, default: str = LOCAL_LOG) -> str:
     position = record.kafka
-    return LOCAL_LOG if position is None else f"{position.topic}.{position.partition}"
+    return default if position is None else f"{position.topic}.{position.partition}"
 
 
 class CheckpointFile:
@@ -71,8 +71,10 @@ class Sequencing:
         checkpoint_every: int = 256,
         checkpoint_interval_s: float = 1.0,
         checkpoint_file: CheckpointFile | None = None,
+        default_log: str = LOCAL_LOG,
     ) -> None:
         self.store = store
+        self.default_log = default_log  # the log of records that did not come through Kafka
         self.signer = signer
         self.origin = origin
         self._every = checkpoint_every
@@ -138,7 +140,7 @@ class Sequencing:
             for record in records:
                 if record.record_id in seen or self._committed(stored.get(record.record_id)):
                     continue
-                log_id = log_id_for(record)
+                log_id = log_id_for(record, self.default_log)
                 if self._owned is not None and log_id not in self._owned:
                     continue
                 resume = self._sequencer(log_id).state.source_position
@@ -208,7 +210,7 @@ def ensure_signing_key(settings, store: Store) -> Signer:
     return signer
 
 
-def open_sequencing(settings, store: Store, *, create_key: bool) -> Sequencing | None:
+def open_sequencing(settings, store: Store, *, create_key: bool, default_log: str = LOCAL_LOG) -> Sequencing | None:
     """The sequencing of this process, or None when integrity is switched off. Services that
     must share one key (collector replicas) do not create it: `aitrail keys signing --create`."""
     from aitrail.errors import ConfigError
@@ -231,7 +233,7 @@ def open_sequencing(settings, store: Store, *, create_key: bool) -> Sequencing |
         store, signer, settings.integrity.origin or signer.name,
         checkpoint_every=settings.integrity.checkpoint_every,
         checkpoint_interval_s=settings.integrity.checkpoint_interval_ms / 1000,
-        checkpoint_file=CheckpointFile(checkpoint_dir),
+        checkpoint_file=CheckpointFile(checkpoint_dir), default_log=default_log,
     )
 
 

@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aitrail import __version__
-from aitrail.auth import Authenticator
+from aitrail.auth import Authenticator, require
 from aitrail.errors import AitrailError, Forbidden
 from aitrail.settings import OidcSettings
 from aitrail.metrics import CONTENT_TYPE_LATEST, Metrics
@@ -27,7 +27,10 @@ from aitrail.store.base import COST_GROUPS, Principal, Role, Store
 
 from aitrail.integrity.note import Verifier
 
-from .service import AnswersOut, CheckpointsOut, CostsOut, ErrorResponse, ProofOut, QueryService, TraceOut
+from .access import AccessLog
+from .service import (
+    AccessLogOut, AnswersOut, CheckpointsOut, CostsOut, ErrorResponse, ProofOut, QueryService, TraceOut, WhoAmI,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +65,11 @@ def create_app(
     metrics: Metrics | None = None,
     verifier: Verifier | None = None,
     oidc: OidcSettings | None = None,
+    access_log: AccessLog | None = None,
 ) -> FastAPI:
-    """`verifier` (the checkpoint signing key's public half) checks proofs for replays."""
+    """`verifier` (the checkpoint signing key's public half) checks proofs for replays;
+    `access_log` records every read (the servers always pass one; without it, reads are
+    not logged — for tests of other things only)."""
     metrics = metrics or Metrics()
     queries = QueryService(store, pseudonymise=pseudonymise, verifier=verifier)
     app = FastAPI(
@@ -97,6 +103,15 @@ def create_app(
         return error_json(500, "internal", "internal error; the server log has the details")
 
 
+    async def logged(principal: Principal, endpoint: str, query: dict[str, Any], ids: list[str]) -> None:
+        if access_log is not None:
+            await access_log.record(principal, endpoint, query, ids)
+
+    @app.get("/v1/whoami", response_model=WhoAmI, responses=_ERRORS, tags=["identity"])
+    async def whoami(principal: Reader) -> WhoAmI:
+        """The caller as aitrail sees it: tenant and role come from the key or token."""
+        return WhoAmI(tenant=principal.tenant, role=str(principal.role), key_id=principal.key_id)
+
     @app.get("/v1/answers", response_model=AnswersOut, responses=_ERRORS, tags=["answers"])
     async def answers(
         principal: Reader,
@@ -108,25 +123,43 @@ def create_app(
         service: str | None = None,
         model: str | None = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 20,
-        offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
+        cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
+        visible_to: Annotated[str | None, Query(
+            description="ACL tags a principal holds (comma-separated): only answers whose retrieved documents all "
+                        "admit them — what that principal could have been shown.")] = None,
+        exposed_to: Annotated[str | None, Query(
+            description="ACL tags a principal holds: only answers that used a document NOT admitting them.")] = None,
     ) -> AnswersOut:
-        return await run_in_threadpool(
-            queries.answers, principal, q=q, at=at, tz=tz, window=window, user=user, service=service,
-            model=model, limit=limit, offset=offset,
-        )
+        params = dict(q=q, at=at, tz=tz, window=window, user=user, service=service, model=model, limit=limit,
+                      cursor=cursor, visible_to=visible_to, exposed_to=exposed_to)
+        result = await run_in_threadpool(queries.answers, principal, **params)
+        await logged(principal, "/v1/answers", params, [a.record_id for a in result.data])
+        return result
 
     @app.get("/v1/traces/{trace_id}", response_model=TraceOut, responses=_ERRORS, tags=["replay"])
-    async def trace(principal: Reader, trace_id: str) -> TraceOut:
-        return await run_in_threadpool(queries.trace, principal, trace_id)
+    async def trace(
+        principal: Reader,
+        trace_id: str,
+        visible_to: Annotated[str | None, Query(
+            description="ACL tags a principal holds: show only the documents that principal may see.")] = None,
+    ) -> TraceOut:
+        result = await run_in_threadpool(queries.trace, principal, trace_id, visible_to=visible_to)
+        await logged(principal, "/v1/traces/{trace_id}", {"trace_id": trace_id, "visible_to": visible_to},
+                     [r["record_id"] for r in result.records])
+        return result
 
     @app.get("/v1/records/{record_id}", responses=_ERRORS, tags=["records"])
     async def record(principal: Reader, record_id: str) -> dict[str, Any]:
-        return await run_in_threadpool(queries.record, principal, record_id)
+        result = await run_in_threadpool(queries.record, principal, record_id)
+        await logged(principal, "/v1/records/{record_id}", {"record_id": record_id}, [record_id])
+        return result
 
     @app.get("/v1/records/{record_id}/proof", response_model=ProofOut, responses=_ERRORS, tags=["integrity"])
     async def proof(principal: Reader, record_id: str) -> ProofOut:
         """Inclusion proof of the record in its Merkle log, against the newest signed checkpoint."""
-        return await run_in_threadpool(queries.proof, principal, record_id)
+        result = await run_in_threadpool(queries.proof, principal, record_id)
+        await logged(principal, "/v1/records/{record_id}/proof", {"record_id": record_id}, [record_id])
+        return result
 
     @app.get("/v1/checkpoints/latest", response_model=CheckpointsOut, responses=_ERRORS, tags=["integrity"])
     async def checkpoints(
@@ -143,7 +176,27 @@ def create_app(
         tz: str | None = None,
         group_by: Annotated[str, Query(description=f"Comma-separated: {', '.join(COST_GROUPS)}.")] = "model",
     ) -> CostsOut:
-        return await run_in_threadpool(queries.costs, principal, start=from_, end=to, tz=tz, group_by=group_by)
+        result = await run_in_threadpool(queries.costs, principal, start=from_, end=to, tz=tz, group_by=group_by)
+        await logged(principal, "/v1/costs", {"from": from_, "to": to, "tz": tz, "group_by": group_by}, [])
+        return result
+
+    @app.get("/v1/access-log", response_model=AccessLogOut, responses=_ERRORS, tags=["access"])
+    async def access(
+        principal: Reader,
+        from_: Annotated[str | None, Query(alias="from", description="ISO 8601 or plain language.")] = None,
+        to: Annotated[str | None, Query(description="ISO 8601 or plain language.")] = None,
+        tz: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
+    ) -> AccessLogOut:
+        """Who read what, when (admins and auditors). Reading the log is itself logged."""
+        require(principal, Role.ADMIN, Role.AUDITOR)
+        result = await run_in_threadpool(
+            queries.access_log, principal, start=from_, end=to, tz=tz, limit=limit, cursor=cursor
+        )
+        await logged(principal, "/v1/access-log", {"from": from_, "to": to, "limit": limit, "cursor": cursor},
+                     [e.record_id for e in result.data])
+        return result
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:

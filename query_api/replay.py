@@ -68,3 +68,15 @@ def for_role(view: dict[str, Any], role: Role) -> dict[str, Any]:
         document.pop("snippet", None)
     redacted["redacted"] = list(CONTENT_FIELDS)
     return redacted
+
+
+def admits(acl_tags: list[str], tags: tuple[str, ...]) -> bool:
+    """A document with no ACL tags admits everyone; otherwise one shared tag suffices."""
+    return not acl_tags or any(tag in tags for tag in acl_tags)
+
+
+def only_visible(view: dict[str, Any], tags: tuple[str, ...]) -> dict[str, Any]:
+    """The view with only the documents a principal holding `tags` may see."""
+    documents = view.get("documents") or []
+    shown = [d for d in documents if admits(d.get("acl_tags") or [], tags)]
+    return {**view, "documents": shown, "documents_hidden": len(documents) - len(shown)}

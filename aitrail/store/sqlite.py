@@ -30,7 +30,9 @@ from .base import (
     AnswerQuery,
     CostQuery,
     CostRow,
+    CostSummary,
     DeadLetter,
+    RecordQuery,
     KeyInfo,
     Principal,
     Role,
@@ -54,6 +56,7 @@ CREATE TABLE IF NOT EXISTS records (
     body BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS records_trace ON records (tenant, trace_id);
+CREATE INDEX IF NOT EXISTS records_kind ON records (tenant, kind, start_time);
 CREATE INDEX IF NOT EXISTS records_leaf ON records (log_id, leaf_index);
 CREATE TRIGGER IF NOT EXISTS records_append_only BEFORE UPDATE ON records
 BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
@@ -94,6 +97,15 @@ BEGIN
     INSERT INTO answers_fts (answers_fts, rowid, terms) SELECT 'delete', old.id, old.terms WHERE old.terms IS NOT NULL;
     INSERT INTO answers_fts (rowid, terms) SELECT new.id, new.terms WHERE new.terms IS NOT NULL;
 END;
+
+-- Derived from retrieval and feedback records, for document-ACL and useful-action queries.
+CREATE TABLE IF NOT EXISTS retrieved_docs (
+    tenant TEXT NOT NULL, trace_id TEXT NOT NULL, record_id TEXT NOT NULL, doc_id TEXT,
+    acl_tags TEXT NOT NULL  -- JSON list; [] admits everyone
+);
+CREATE INDEX IF NOT EXISTS retrieved_docs_trace ON retrieved_docs (tenant, trace_id);
+CREATE TABLE IF NOT EXISTS feedback (tenant TEXT NOT NULL, trace_id TEXT NOT NULL, score REAL);
+CREATE INDEX IF NOT EXISTS feedback_trace ON feedback (tenant, trace_id);
 
 CREATE TABLE IF NOT EXISTS api_keys (
     key_id TEXT PRIMARY KEY,
@@ -236,6 +248,17 @@ class SqliteStore:
                     _UPSERT_ANSWER,
                     [_answer_row(r) for r in fresh if r.kind == Kind.COMPLETION and r.trace_id and r.span_id],
                 )
+                conn.executemany(
+                    "INSERT INTO retrieved_docs (tenant, trace_id, record_id, doc_id, acl_tags) VALUES (?, ?, ?, ?, ?)",
+                    [
+                        (r.tenant, r.trace_id, r.record_id, d.doc_id, json.dumps(sorted(d.acl_tags)))
+                        for r in fresh if r.kind == Kind.RETRIEVAL and r.trace_id for d in r.documents
+                    ],
+                )
+                conn.executemany(
+                    "INSERT INTO feedback (tenant, trace_id, score) VALUES (?, ?, ?)",
+                    [(r.tenant, r.trace_id, r.score) for r in fresh if r.kind == Kind.FEEDBACK and r.trace_id],
+                )
                 for update in updates:
                     self._apply(conn, update)
         except sqlite3.OperationalError as exc:  # disk full, locked past the timeout, I/O error
@@ -325,6 +348,15 @@ class SqliteStore:
         if query.model is not None:
             where.append("(a.model = ? OR a.request_model = ?)")
             params += [query.model, query.model]
+        for tags, negate in ((query.visible_to, True), (query.exposed_to, False)):
+            if tags is not None:
+                marks = ", ".join("?" * len(tags)) or "NULL"
+                where.append(
+                    ("NOT " if negate else "") + "EXISTS (SELECT 1 FROM retrieved_docs d WHERE d.tenant = a.tenant "
+                    "AND d.trace_id = a.trace_id AND d.acl_tags != '[]' AND NOT EXISTS "
+                    f"(SELECT 1 FROM json_each(d.acl_tags) t WHERE t.value IN ({marks})))"
+                )
+                params += list(tags)
         if query.text:
             expression = match_expression(query.text)
             if expression is None:
@@ -334,10 +366,13 @@ class SqliteStore:
         clause = " AND ".join(where)
         conn = self._conn()
         count = conn.execute(f"SELECT count(*) FROM answers a WHERE {clause}", params).fetchone()[0]
+        if query.after is not None:  # the page moves; the count stays the count of all matches
+            clause += " AND (coalesce(a.time, ''), a.record_id) < (?, ?)"
+            params = [*params, *query.after]
         rows = conn.execute(
             "SELECT record_id, trace_id, span_id, time, question, answer, provider, model, input_tokens, "
             f"output_tokens, cost_e10, cost_currency, service, user FROM answers a WHERE {clause} "
-            "ORDER BY a.time DESC, a.id DESC LIMIT ? OFFSET ?",
+            "ORDER BY coalesce(a.time, '') DESC, a.record_id DESC LIMIT ? OFFSET ?",
             [*params, query.limit, query.offset],
         ).fetchall()
         answers = [
@@ -432,6 +467,40 @@ class SqliteStore:
             if row:
                 out[level, index] = row[0]
         return out
+
+    def cost_summary(self, query: CostQuery) -> CostSummary:
+        where, params = ["a.tenant = ?", "a.has_span = 1"], [query.tenant]
+        if query.start is not None:
+            where.append("a.time >= ?")
+            params.append(query.start)
+        if query.end is not None:
+            where.append("a.time <= ?")
+            params.append(query.end)
+        row = self._conn().execute(
+            "SELECT sum(a.cost_e10), max(a.cost_currency), count(DISTINCT a.trace_id), count(DISTINCT CASE WHEN "
+            "EXISTS (SELECT 1 FROM feedback f WHERE f.tenant = a.tenant AND f.trace_id = a.trace_id AND f.score > 0) "
+            f"THEN a.trace_id END) FROM answers a WHERE {' AND '.join(where)}",
+            params,
+        ).fetchone()
+        return CostSummary(cost=_from_e10(row[0] or 0), currency=row[1], traces=row[2], useful_traces=row[3])
+
+    def list_records(self, query: RecordQuery) -> list[AuditRecord]:
+        where, params = ["tenant = ?", "kind = ?"], [query.tenant, query.kind]
+        if query.start is not None:
+            where.append("start_time >= ?")
+            params.append(query.start)
+        if query.end is not None:
+            where.append("start_time <= ?")
+            params.append(query.end)
+        if query.after is not None:
+            where.append("(coalesce(start_time, ''), record_id) < (?, ?)")
+            params += list(query.after)
+        rows = self._conn().execute(
+            f"SELECT body FROM records WHERE {' AND '.join(where)} "
+            "ORDER BY coalesce(start_time, '') DESC, record_id DESC LIMIT ?",
+            [*params, query.limit],
+        ).fetchall()
+        return [record_from_json(body) for (body,) in rows]
 
     # -- KeyStore -----------------------------------------------------------------------
 

@@ -166,3 +166,69 @@ def test_keys(store):
 def test_secret_is_stable(store):
     assert store.secret("pseudonym") == store.secret("pseudonym")
     assert len(store.secret("pseudonym")) == 32
+
+
+def test_answers_cursor_pages_through_everything_once(store):
+    store.write([completion(trace=200 + i, time=iso(24, 10, i // 2)) for i in range(7)])  # ties in time
+    seen, after = [], None
+    for _ in range(10):
+        page = store.search_answers(AnswerQuery(tenant="acme", limit=3, after=after))
+        seen += [a.record_id for a in page.answers]
+        if len(page.answers) < 3:
+            break
+        last = page.answers[-1]
+        after = (last.time, last.record_id)
+    assert len(seen) == len(set(seen)) == 7
+    assert page.count == 7  # every page counts all matches
+
+
+def test_document_acls(store):
+    """What could a contractor have been shown, and which answers used what it may not see."""
+    store.write(
+        [
+            completion(trace=300, question="What is the bonus policy?"),
+            retrieval(trace=300, documents=[
+                {"doc_id": "handbook", "acl_tags": ["public"]},
+                {"doc_id": "board-minutes", "acl_tags": ["board-only"]},
+            ]),
+            completion(trace=301, question="When is the office open?"),
+            retrieval(trace=301, documents=[{"doc_id": "faq", "acl_tags": []}, {"doc_id": "hours", "acl_tags": ["public", "staff"]}]),
+            completion(trace=302, question="No retrieval at all"),
+        ]
+    )
+    ids = lambda page: sorted(a.trace_id[-3:] for a in page.answers)  # noqa: E731
+    contractor = ("public", "contractor")
+    assert ids(store.search_answers(AnswerQuery(tenant="acme", visible_to=contractor))) == [f"{301:03x}", f"{302:03x}"]
+    assert ids(store.search_answers(AnswerQuery(tenant="acme", exposed_to=contractor))) == [f"{300:03x}"]
+    assert ids(store.search_answers(AnswerQuery(tenant="acme", exposed_to=("board-only",)))) == [f"{300:03x}", f"{301:03x}"]
+    assert store.search_answers(AnswerQuery(tenant="acme", exposed_to=("board-only", "public"))).count == 0
+    assert store.search_answers(AnswerQuery(tenant="globex", exposed_to=contractor)).count == 0
+
+
+def test_cost_summary_counts_useful_actions(store):
+    from aitrail.schemas.record import AuditRecord, record_id_for
+
+    def feedback(trace: int, score: float) -> AuditRecord:
+        trace_id = f"{trace:032x}"
+        return AuditRecord(record_id=record_id_for("acme", trace_id, f"{99:016x}", "feedback"), kind="feedback",
+                           tenant="acme", trace_id=trace_id, span_id=f"{99:016x}", start_time=iso(24, 12), score=score)
+
+    store.write([completion(trace=400 + i, cost="0.001") for i in range(4)] + [feedback(400, 1.0), feedback(401, -1.0)])
+    summary = store.cost_summary(CostQuery(tenant="acme"))
+    assert (summary.cost, summary.currency, summary.traces, summary.useful_traces) == (Decimal("0.004"), "USD", 4, 1)
+    assert store.cost_summary(CostQuery(tenant="globex")).traces == 0
+
+
+def test_list_records_of_a_kind_newest_first_with_cursor(store):
+    from aitrail.integrity.system import system_record
+    from aitrail.store.base import RecordQuery
+
+    reads = [system_record("access", "acme", {"endpoint": "/v1/answers", "n": i}, at=iso(24, 13, i)) for i in range(5)]
+    store.write(reads + [system_record("access", "globex", {"n": 9}, at=iso(24, 13, 9)), completion(trace=500)])
+    first = store.list_records(RecordQuery(tenant="acme", kind="access", limit=3))
+    assert [r.details["n"] for r in first] == [4, 3, 2]
+    rest = store.list_records(RecordQuery(tenant="acme", kind="access", limit=3,
+                                          after=(first[-1].start_time, first[-1].record_id)))
+    assert [r.details["n"] for r in rest] == [1, 0]
+    window = store.list_records(RecordQuery(tenant="acme", kind="access", start=iso(24, 13, 1), end=iso(24, 13, 2)))
+    assert [r.details["n"] for r in window] == [2, 1]
