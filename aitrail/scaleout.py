@@ -185,7 +185,20 @@ async def collector(settings: Settings, *, store=None) -> AsyncIterator[Callable
                         metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
                 await asyncio.sleep(2)
 
+        async def watch_rollover() -> None:
+            """Without ISM on the node, the collectors roll the records index over themselves."""
+            while True:
+                await asyncio.sleep(settings.opensearch.rollover_check_s)
+                try:
+                    result = await asyncio.to_thread(store.rollover)
+                except AitrailError as exc:
+                    log.warning("rollover check failed: %s", exc.message)
+                else:
+                    if result.rolled_over:
+                        log.info("rolled %s over to %s (%s)", result.old_index, result.new_index, result.conditions)
+
         lag_task = asyncio.create_task(watch_lag())
+        rollover_task = asyncio.create_task(watch_rollover()) if hasattr(store, "rollover") else None
         ops = Starlette(routes=operations_routes(metrics, ready))
         await serve_app(ops, listen(settings.host, settings.collector.http_port), stack)
 
@@ -195,6 +208,8 @@ async def collector(settings: Settings, *, store=None) -> AsyncIterator[Callable
 
         async def stop() -> None:
             lag_task.cancel()
+            if rollover_task is not None:
+                rollover_task.cancel()
             if timer is not None:
                 timer.cancel()
             if not task.done():

@@ -36,6 +36,7 @@ class OpenSearchSettings(BaseModel):
     rollover_max_age: str | None = Field("7d", description="Roll the records index over once it is this old.")
     rollover_max_docs: int | None = Field(None, gt=0, description="Roll the records index over at this many records.")
     rollover_max_size: str | None = Field("50gb", description="Roll the records index over at this primary size.")
+    rollover_check_s: int = Field(300, gt=0, description="How often the collector checks the rollover conditions.")
 
 
 class CollectorSettings(BaseModel):

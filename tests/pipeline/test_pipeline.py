@@ -255,3 +255,20 @@ def test_two_collectors_share_six_partitions_and_take_over(pipeline):
     asyncio.run(produce(pipeline.kafka, pipeline.topic, more))
     wait_stored_exactly(pipeline, spans + more_spans, timeout=240)
     wait_until(lambda: partitions(second) == {str(p) for p in range(6)}, 120, "the survivor owning all partitions")
+
+
+def test_collector_rolls_the_records_index_over_without_duplicates(pipeline):
+    process = pipeline.start("collector", AITRAIL_COLLECTOR__HTTP_PORT="0", AITRAIL_OPENSEARCH__ROLLOVER_MAX_DOCS="300",
+                             AITRAIL_OPENSEARCH__ROLLOVER_CHECK_S="1")
+    first, spans_first = requests_of(250, seed=8)
+    asyncio.run(produce(pipeline.kafka, pipeline.topic, first))
+    wait_until(lambda: pipeline.stored()[0] >= spans_first, 180, "the first records stored")
+
+    def indices() -> list[str]:
+        return sorted(pipeline.client().indices.get(index=f"{pipeline.prefix}-records-*"))
+
+    wait_until(lambda: len(indices()) >= 2, 120, "a rollover to a second records index")
+    second, spans_second = requests_of(250, seed=9)
+    asyncio.run(produce(pipeline.kafka, pipeline.topic, second + first))  # `first` again: replays are no-ops
+    wait_stored_exactly(pipeline, spans_first + spans_second)
+    assert process.alive(), process.output()
