@@ -61,8 +61,8 @@ def start_services() -> tuple[Endpoints, list]:
     if kafka and opensearch:
         return Endpoints(kafka, opensearch, native=False), []
     if _docker_answers():
-        from testcontainers.kafka import KafkaContainer
-        from testcontainers.opensearch import OpenSearchContainer
+        from testcontainers.community.kafka import KafkaContainer
+        from testcontainers.community.opensearch import OpenSearchContainer
 
         kafka_container = KafkaContainer("apache/kafka:4.3.1").start()
         opensearch_container = OpenSearchContainer("opensearchproject/opensearch:2.19.6").start()

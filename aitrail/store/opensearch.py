@@ -57,8 +57,10 @@ from .base import (
     AnswerQuery,
     CostQuery,
     CostRow,
+    CostSummary,
     KeyInfo,
     Principal,
+    RecordQuery,
     Role,
     WriteResult,
 )
@@ -74,6 +76,9 @@ log = logging.getLogger(__name__)
 _TIMEOUT_S = 30
 _PAGE = 10_000  # index.max_result_window: the largest page one search may return
 _GROUPS_PAGE = 1_000  # cost groups per composite aggregation page
+_KEYS_PAGE = 10_000  # distinct trace ids per composite aggregation page (search.max_buckets is 65,535)
+_MAX_TERMS = 65_536  # index.max_terms_count: the most values one `terms` query may hold
+_MISSING_LAST = -(2**63)  # the sort value of a missing date, descending with `missing: _last`
 _EXACT_DOUBLE = 2**53  # sums below this are exact in the double the sum aggregation returns
 _COST_SPLIT = 1_000_000  # cost_e10 = hi * _COST_SPLIT + lo, summed apart when a total is too big
 
@@ -223,6 +228,13 @@ def _from_e10(value: int) -> Decimal:
     """Exact, with ten decimal places as the cost module writes them."""
     whole, fraction = divmod(abs(value), 10**10)
     return Decimal(f"{'-' if value < 0 else ''}{whole}.{fraction:010d}")
+
+
+def _cursor(after: tuple[str, str]) -> list[Any]:
+    """`search_after` for a (time, record_id) cursor: the time as the date field parses it; an
+    empty one (the item had no time) is where missing times sort, last."""
+    time, record_id = after
+    return [time or _MISSING_LAST, record_id]
 
 
 def answer_id(tenant: str, trace_id: str, span_id: str) -> str:
@@ -683,17 +695,27 @@ class OpenSearchStore:
                                  "type": "cross_fields", "operator": "and"}}
                 for sub in ("", ".cjk", ".thai")
             ], "minimum_should_match": 1}})
-        body = {
+        for tags, exposed in ((query.visible_to, False), (query.exposed_to, True)):
+            if tags is not None:
+                traces = self._exposing_traces(query.tenant, tags)
+                if exposed:
+                    filters.append(self._any_of("trace_id", traces))
+                elif traces:
+                    filters.append({"bool": {"must_not": [self._any_of("trace_id", traces)]}})
+        body: dict[str, Any] = {
             "query": {"bool": {"filter": filters}},
             "sort": [{"time": {"order": "desc", "missing": "_last"}}, {"record_id": {"order": "desc"}}],
             "from": query.offset,
             "size": query.limit,
-            "track_total_hits": True,
+            "track_total_hits": True,  # the cursor moves the page, not the query: still all matches
             "_source": _ANSWER_SOURCE,
         }
+        if query.after is not None:  # `search_after` refuses `from`: skip the offset here instead
+            body |= {"search_after": _cursor(query.after), "from": 0, "size": query.offset + query.limit}
         response = self._search(self.answers_index, body, "searching answers")
         answers = []
-        for hit in response["hits"]["hits"]:
+        hits = response["hits"]["hits"]
+        for hit in hits[query.offset :] if query.after is not None else hits:
             s = hit["_source"]
             cost = s.get("cost_e10")
             answers.append(Answer(
@@ -706,9 +728,72 @@ class OpenSearchStore:
         return AnswerPage(answers=answers, count=response["hits"]["total"]["value"])
 
     @staticmethod
-    def _time_range(start: str | None, end: str | None) -> list[dict[str, Any]]:
+    def _time_range(start: str | None, end: str | None, field: str = "time") -> list[dict[str, Any]]:
         bounds = {k: v for k, v in (("gte", start), ("lte", end)) if v is not None}
-        return [{"range": {"time": bounds}}] if bounds else []
+        return [{"range": {field: bounds}}] if bounds else []
+
+    def _exposing_traces(self, tenant: str, tags: tuple[str, ...]) -> list[str]:
+        """The tenant's traces that retrieved a document NOT admitting `tags`: one with acl_tags,
+        none of them in `tags`. Materialised (see docs/opensearch.md for the scale limit)."""
+        document: dict[str, Any] = {"filter": [{"exists": {"field": "documents.acl_tags"}}]}
+        if tags:
+            document["must_not"] = [{"terms": {"documents.acl_tags": list(tags)}}]
+        query = {"bool": {"filter": [
+            {"term": {"tenant": tenant}},
+            {"term": {"kind": Kind.RETRIEVAL.value}},
+            {"nested": {"path": "documents", "query": {"bool": document}}},
+        ]}}
+        return [key["trace"] for key, _ in self._distinct(self.records_pattern, query, {}, "checking document ACLs")]
+
+    @staticmethod
+    def _any_of(field: str, values: list[str]) -> dict[str, Any]:
+        """`terms`, in chunks of at most index.max_terms_count values."""
+        if not values:
+            return {"match_none": {}}
+        chunks = [{"terms": {field: values[i : i + _MAX_TERMS]}} for i in range(0, len(values), _MAX_TERMS)]
+        return chunks[0] if len(chunks) == 1 else {"bool": {"should": chunks, "minimum_should_match": 1}}
+
+    def _distinct(
+        self, index: str, query: dict[str, Any], aggs: dict[str, Any], what: str
+    ) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+        """Every distinct `trace_id` of the matches, exactly (a composite aggregation paged
+        through to the end, not the approximate `cardinality`): (key, bucket) with `aggs`
+        computed per trace."""
+        composite: dict[str, Any] = {"size": _KEYS_PAGE, "sources": [{"trace": {"terms": {"field": "trace_id"}}}]}
+        body = {"query": query, "size": 0, "track_total_hits": False,
+                "aggs": {"traces": {"composite": composite, **({"aggs": aggs} if aggs else {})}}}
+        while True:
+            result = self._search(index, body, what)["aggregations"]["traces"]
+            for bucket in result["buckets"]:
+                yield bucket["key"], bucket
+            if "after_key" not in result or len(result["buckets"]) < _KEYS_PAGE:
+                return
+            composite["after"] = result["after_key"]
+
+    def list_records(self, query: RecordQuery) -> list[AuditRecord]:
+        """Newest first by (start_time, record_id), records without a start time last."""
+        filters = [{"term": {"tenant": query.tenant}}, {"term": {"kind": query.kind}},
+                   *self._time_range(query.start, query.end, "start_time")]
+        body: dict[str, Any] = {
+            "query": {"bool": {"filter": filters}},
+            "sort": [{"start_time": {"order": "desc", "missing": "_last"}}, {"record_id": {"order": "desc"}}],
+            "track_total_hits": False,
+        }
+        if query.after is not None:
+            body["search_after"] = _cursor(query.after)
+        records: list[AuditRecord] = []
+        seen: set[str] = set()
+        while len(records) < query.limit:
+            body["size"] = min(_PAGE, query.limit - len(records))
+            hits = self._search(self.records_pattern, body, "listing records")["hits"]["hits"]
+            for hit in hits:
+                if hit["_id"] not in seen:  # the same record in two indices (the rollover race): once
+                    seen.add(hit["_id"])
+                    records.append(AuditRecord.model_validate(hit["_source"]))
+            if len(hits) < body["size"]:
+                break
+            body["search_after"] = hits[-1]["sort"]
+        return records
 
     def costs(self, query: CostQuery) -> list[CostRow]:
         unknown = [g for g in query.group_by if g not in COST_GROUPS]
@@ -720,6 +805,31 @@ class OpenSearchStore:
         if any(abs(total) >= _EXACT_DOUBLE for _, _, total in rows):
             rows = self._cost_rows(query.group_by, filters, split=True)
         return [row for row, _, _ in rows]
+
+    def cost_summary(self, query: CostQuery) -> CostSummary:
+        """The cost as `costs` sums it (exact); the traces by one composite aggregation over the
+        answers index and the records together, paged to the end, so both counts are exact: a
+        trace counts when it has a span-origin completion in the range, and is useful when it
+        also has a feedback record (any time) scoring above 0."""
+        total = self.costs(CostQuery(tenant=query.tenant, start=query.start, end=query.end, group_by=()))
+        spent = {"bool": {"filter": [{"term": {"_index": self.answers_index}}, {"term": {"has_span": True}},
+                                     *self._time_range(query.start, query.end)]}}
+        liked = {"bool": {"filter": [{"term": {"kind": Kind.FEEDBACK.value}}, {"range": {"score": {"gt": 0}}}]}}
+        traces = useful = 0
+        for _, bucket in self._distinct(
+            f"{self.answers_index},{self.records_pattern}",
+            {"bool": {"filter": [{"term": {"tenant": query.tenant}}],
+                      "should": [spent, liked], "minimum_should_match": 1}},
+            {"spent": {"filter": spent}, "liked": {"filter": liked}},
+            "counting useful traces",
+        ):
+            if bucket["spent"]["doc_count"]:
+                traces += 1
+                useful += bucket["liked"]["doc_count"] > 0
+        return CostSummary(
+            cost=total[0].cost if total else _from_e10(0), currency=total[0].currency if total else None,
+            traces=traces, useful_traces=useful,
+        )
 
     def _cost_rows(
         self, groups: tuple[str, ...], filters: list[dict[str, Any]], *, split: bool
