@@ -5,13 +5,15 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, WithJsonSchema
+from pydantic.json_schema import JsonSchemaValue
 
 from aitrail.errors import BadRequest, NotFound
 from aitrail.schemas.canonical import record_to_dict
+from aitrail.schemas.record import AuditRecord
 from aitrail.store.base import AnswerQuery, CostQuery, Principal, RecordQuery, Role, Store
 
 from aitrail.integrity.note import Verifier
@@ -19,82 +21,263 @@ from aitrail.integrity.verify import verify_record
 
 from .integrity import Proofs
 from .replay import for_role, merge_fragments, only_visible
-from .timeparse import parse_when, parse_window, to_iso
+from .timeparse import around, parse_when, parse_window, to_iso
+
+# Response models: they are the API's contract (OpenAPI at /openapi.json, checked by
+# tests/api/test_schemathesis.py). The examples are one consistent story: the refund question
+# asked on Tuesday 2026-11-24 at 14:30 Bangkok time (07:30 UTC).
+EXAMPLE_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+EXAMPLE_RECORD_ID = "be72356d6d069d3edf732c417cc8713f"  # record_id_for("acme", trace, "00f067aa0ba902b7", "completion")
+_LEAF_HASH = "9e11d3e919719e813fbf77cd31c5aedbf4469bee810bbeb6f445c553b84eeece"
+_ROOT_HASH = "85c7a4b6943211a7061a8caa30e4f43c7be672165d5097a2624a293d0482cf86"
+_NOTE = (
+    "aitrail/prod/acme.0\n1284\nhcektpQyEacGGoyqMOT0PHvmchZdUJeiYkopPQSCz4Y=\n\n"
+    "\u2014 aitrail/prod 4woF4Fl8E3Q/hA/43fkzZp0vACjeTky00hIaN5jR/a6CluLNi7pP0OZvL6H88pHhXF39mXuZvOYj9EY1t62dy/J5HwU=\n"
+)
+
+
+def _examples(*examples: dict[str, Any]) -> ConfigDict:
+    return ConfigDict(json_schema_extra={"examples": list(examples)})
+
 
 class ErrorBody(BaseModel):
-    code: str
-    message: str
+    model_config = _examples(
+        {"code": "bad_request", "message": "unknown time zone 'Asia/Bangkk'; use an IANA name such as Asia/Bangkok"}
+    )
+
+    code: str = Field(
+        description="Stable machine-readable code: bad_request, unauthorized, forbidden, not_found, "
+                    "method_not_allowed, unavailable or internal."
+    )
+    message: str = Field(description="What went wrong and how to fix it, for people. Never a stack trace.")
 
 
 class ErrorResponse(BaseModel):
+    """Every error of the API, whatever the status (400, 401, 403, 404, 405, 503, 500)."""
+
+    model_config = _examples(
+        {"error": {"code": "not_found", "message": f"no trace {EXAMPLE_TRACE_ID}"}},
+        {"error": {"code": "unavailable", "message": "this read could not be written to the access log, so it was "
+                                                     "not served: store unavailable"}},
+    )
+
     error: ErrorBody
 
 
 class Money(BaseModel):
+    model_config = _examples({"amount": "0.0000960000", "currency": "USD"}, {"amount": None, "currency": None})
+
     amount: Decimal | None = Field(description="Exact decimal as a string; null when the model has no price.")
-    currency: str | None
+    currency: str | None = Field(description="ISO 4217 code of the price table, e.g. USD; null when unknown or mixed.")
 
 
 class AnswerOut(BaseModel):
-    record_id: str
-    trace_id: str
-    time: str | None
-    question: str | None
-    answer: str | None
-    provider: str | None
-    model: str | None
+    model_config = _examples(
+        {
+            "record_id": EXAMPLE_RECORD_ID, "trace_id": EXAMPLE_TRACE_ID, "time": "2026-11-24T07:30:00.000000000Z",
+            "question": "What is our refund policy?",
+            "answer": "You can return any item within 30 days of delivery for a full refund.",
+            "provider": "openai", "model": "gpt-4o-mini", "input_tokens": 412, "output_tokens": 57,
+            "cost": {"amount": "0.0000960000", "currency": "USD"}, "service": "support-bot",
+            "user": "u_3f9a1c2e7b5d4a60",
+        }
+    )
+
+    record_id: str = Field(description="The completion record; `GET /v1/records/{record_id}` shows all of it.")
+    trace_id: str = Field(description="`GET /v1/traces/{trace_id}` replays the whole answer.")
+    time: str | None = Field(description="Start of the completion, ISO 8601 UTC with nanoseconds.")
+    question: str | None = Field(description="Last user message; null for the analyst role (content redacted).")
+    answer: str | None = Field(description="Assistant text; null for the analyst role (content redacted).")
+    provider: str | None = Field(description="Model provider, e.g. openai, anthropic, aws.bedrock.")
+    model: str | None = Field(description="Model that answered (response model, else the requested one).")
     input_tokens: int | None
     output_tokens: int | None
     cost: Money
-    service: str | None
+    service: str | None = Field(description="service.name of the AI application.")
     user: str | None = Field(description="Pseudonym of the user who asked; never the raw id.")
 
 
 class AnswersOut(BaseModel):
-    data: list[AnswerOut]
+    model_config = _examples(
+        {
+            "data": [AnswerOut.model_config["json_schema_extra"]["examples"][0]],
+            "count": 1,
+            "window": {"from": "2026-11-24T07:15:00.000000000Z", "to": "2026-11-24T07:45:00.000000000Z"},
+            "next_cursor": None,
+        }
+    )
+
+    data: list[AnswerOut] = Field(description="Matching completions, newest first.")
     count: int = Field(description="All matches, not only this page.")
-    window: dict[str, str | None] = Field(description="The time range searched, ISO 8601 UTC.")
+    window: dict[str, str | None] = Field(
+        description="The time range searched, ISO 8601 UTC: `from` = at - window, `to` = at + window; "
+                    "both null without `at`."
+    )
     next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page; null on the last page.")
 
 
 class AccessEntry(BaseModel):
-    record_id: str
-    time: str | None
-    key_id: str | None
-    role: str | None
-    endpoint: str | None
-    query: dict[str, Any] = Field(default_factory=dict)
-    ids: list[str] = Field(default_factory=list, description="Record or trace ids the read returned.")
-    count: int | None = None
+    model_config = _examples(
+        {
+            "record_id": "1e29eec8f5b62ab61f261fa85c107d83", "time": "2026-11-25T09:12:44.019189000Z",
+            "key_id": "47cb389ebd0f", "role": "auditor", "endpoint": "/v1/answers",
+            "query": {"q": "refund policy", "at": "last Tuesday 14:30", "tz": "Asia/Bangkok", "limit": 20},
+            "ids": [EXAMPLE_RECORD_ID], "count": 1,
+        }
+    )
+
+    record_id: str = Field(description="The `access` record itself, sealed in the Merkle log like any other.")
+    time: str | None = Field(description="When the read happened, ISO 8601 UTC.")
+    key_id: str | None = Field(description="Id of the API key (or `oidc:<subject>`) that read.")
+    role: str | None = Field(description="Role of the reader: auditor, analyst or admin.")
+    endpoint: str | None = Field(description="Route template that was called, e.g. /v1/traces/{trace_id}.")
+    query: dict[str, Any] = Field(default_factory=dict, description="Parameters of the read (nulls dropped).")
+    ids: list[str] = Field(default_factory=list, description="Record or trace ids the read returned (at most 500).")
+    count: int | None = Field(None, description="How many ids the read returned, also past the 500 kept in `ids`.")
 
 
 class AccessLogOut(BaseModel):
-    data: list[AccessEntry]
-    next_cursor: str | None = None
+    model_config = _examples({"data": [AccessEntry.model_config["json_schema_extra"]["examples"][0]],
+                              "next_cursor": None})
+
+    data: list[AccessEntry] = Field(description="Reads of audit data, newest first.")
+    next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page; null on the last page.")
 
 
 class WhoAmI(BaseModel):
-    tenant: str
-    role: str
-    key_id: str
+    model_config = _examples({"tenant": "acme", "role": "auditor", "key_id": "47cb389ebd0f"})
+
+    tenant: str = Field(description="Tenant of the key or token; every query is limited to it.")
+    role: str = Field(description="ingest, auditor, analyst or admin.")
+    key_id: str = Field(description="Id of the API key, or `oidc:<subject>` for an OIDC token.")
+
+
+IntegrityState = Literal["verified", "erased", "failed", "pending", "unsealed", "unverifiable", "partial", "empty"]
+
+
+class IntegrityStatus(BaseModel):
+    """The server's own check of one record against the newest signed checkpoint of its log."""
+
+    model_config = _examples({"status": "verified", "reason": "leaf 0 is in the signed tree of size 1284"})
+
+    status: IntegrityState = Field(
+        description="verified (in the signed tree), erased (content erased, header still verifies), failed (the "
+                    "record or log was altered: `reason` says how), pending (not yet covered by a checkpoint), "
+                    "unsealed (written before integrity was on), unverifiable (no public key configured)."
+    )
+    reason: str | None = None
+
+
+class RecordView(AuditRecord):
+    """An `AuditRecord` (schemas/audit-record.v1.schema.json) as the API shows it: fields that are
+    null are left out; for the analyst role the content fields are left out and listed in
+    `redacted`. In a replay, each view also carries its `fragments` and `integrity`."""
+
+    model_config = _examples(
+        {
+            "schema_version": 1, "record_id": EXAMPLE_RECORD_ID, "kind": "completion", "origin": "span",
+            "trace_id": EXAMPLE_TRACE_ID, "span_id": "00f067aa0ba902b7", "parent_span_id": "a3ce929d0e0e4736",
+            "tenant": "acme", "service": "support-bot", "environment": "production",
+            "operation": "chat", "start_time": "2026-11-24T07:30:00.000000000Z",
+            "end_time": "2026-11-24T07:30:01.412000000Z", "duration_ms": 1412.0,
+            "user_pseudonym": "u_3f9a1c2e7b5d4a60", "user_roles": ["customer"], "provider": "openai",
+            "request_model": "gpt-4o-mini", "response_model": "gpt-4o-mini-2024-07-18",
+            "request_params": {"temperature": 0.2, "max_tokens": 512}, "finish_reasons": ["stop"],
+            "input_messages": [{"role": "user", "content": "What is our refund policy?"}],
+            "system_instructions": "You are the support assistant of ACME. Answer from the retrieved documents.",
+            "output_messages": [{"role": "assistant",
+                                 "content": "You can return any item within 30 days of delivery for a full refund.",
+                                 "finish_reason": "stop"}],
+            "question": "What is our refund policy?",
+            "answer": "You can return any item within 30 days of delivery for a full refund.",
+            "template_id": "support-answer", "template_version": "7",
+            "documents": [], "input_tokens": 412, "output_tokens": 57,
+            "cost": {"amount": "0.0000960000", "currency": "USD", "price_table_version": "2026-11-01",
+                     "priced_by": "openai/gpt-4o-mini"},
+            "status": "ok", "semconv": "gen_ai", "raw_attributes": {}, "log_id": "acme.0", "leaf_index": 1283,
+            "leaf_hash": _LEAF_HASH,
+            "content_commitment": "677340fbeb31f5938ea7ead6b7e75de8a38cf68afcc05aff750b110064731e8d",
+        }
+    )
+
+    redacted: list[str] | None = Field(None, description="Content fields left out because of the caller's role.")
+    fragments: list[str] | None = Field(
+        None, description="Replay only: ids of the records merged into this view (a span and its log events)."
+    )
+    integrity: IntegrityStatus | None = Field(None, description="Replay only: the check of this view's records.")
+    documents_hidden: int | None = Field(
+        None, description="Replay with `visible_to` only: retrieved documents left out because of their ACL tags."
+    )
+
+
+class _RecordViewSchema:
+    """Documents a plain dict (what the CLI renders) with the `RecordView` JSON schema."""
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return handler(RecordView.__pydantic_core_schema__)
+
+
+_TRACE_INTEGRITY = {
+    "type": "object",
+    "description": "Integrity of the whole trace: `status` is verified when every record verifies (or is erased), "
+                   "failed when any fails, partial otherwise; `records` has each record's own check.",
+    "properties": {
+        "status": {"type": "string", "enum": list(IntegrityState.__args__)},
+        "reason": {"type": "string"},
+        "records": {"type": "object", "additionalProperties": IntegrityStatus.model_json_schema()},
+    },
+    "required": ["status", "records"],
+}
 
 
 class TraceOut(BaseModel):
-    trace_id: str
-    records: list[dict[str, Any]]
-    integrity: dict[str, Any]
+    model_config = _examples(
+        {
+            "trace_id": EXAMPLE_TRACE_ID,
+            "records": [
+                {
+                    **{k: v for k, v in RecordView.model_config["json_schema_extra"]["examples"][0].items()},
+                    "fragments": [EXAMPLE_RECORD_ID],
+                    "integrity": {"status": "verified", "reason": "leaf 1283 is in the signed tree of size 1284"},
+                }
+            ],
+            "integrity": {
+                "status": "verified",
+                "records": {EXAMPLE_RECORD_ID: {"status": "verified",
+                                                "reason": "leaf 1283 is in the signed tree of size 1284"}},
+            },
+        }
+    )
+
+    trace_id: str = Field(description="The trace id, lower case.")
+    records: list[Annotated[dict[str, Any], _RecordViewSchema]] = Field(
+        description="Every record of the trace in causal order (parents before children, siblings by time): "
+                    "retrievals with their documents, prompts, completions, tools, feedback."
+    )
+    integrity: Annotated[dict[str, Any], WithJsonSchema(_TRACE_INTEGRITY)]
 
 
 class CostRowOut(BaseModel):
-    group: dict[str, str | None]
-    calls: int
+    model_config = _examples(
+        {"group": {"model": "gpt-4o-mini", "service": "support-bot"}, "calls": 1840, "input_tokens": 731_520,
+         "output_tokens": 96_210, "cost": {"amount": "0.1674540000", "currency": "USD"}, "unpriced_calls": 0}
+    )
+
+    group: dict[str, str | None] = Field(description="Value of each `group_by` dimension; null when unknown.")
+    calls: int = Field(description="Completions in the group.")
     input_tokens: int
     output_tokens: int
     cost: Money
-    unpriced_calls: int
+    unpriced_calls: int = Field(description="Completions without a price (model missing from the price table).")
 
 
 class CostSummaryOut(BaseModel):
+    model_config = _examples(
+        {"traces": 1840, "useful_traces": 1211, "cost_per_trace": {"amount": "0.0000910076", "currency": "USD"},
+         "cost_per_useful_action": {"amount": "0.0001382775", "currency": "USD"}}
+    )
+
     traces: int = Field(description="Traces with at least one completion in the range.")
     useful_traces: int = Field(description="Of those, traces with positive feedback: the useful actions.")
     cost_per_trace: Money
@@ -102,35 +285,75 @@ class CostSummaryOut(BaseModel):
 
 
 class CostsOut(BaseModel):
-    data: list[CostRowOut]
-    total: Money
-    group_by: list[str]
+    model_config = _examples(
+        {
+            "data": [CostRowOut.model_config["json_schema_extra"]["examples"][0]],
+            "total": {"amount": "0.1674540000", "currency": "USD"},
+            "group_by": ["model", "service"],
+            "summary": CostSummaryOut.model_config["json_schema_extra"]["examples"][0],
+        }
+    )
+
+    data: list[CostRowOut] = Field(description="One row per group.")
+    total: Money = Field(description="Sum of all rows; currency null when the rows have several.")
+    group_by: list[str] = Field(description="The dimensions grouped by, in order.")
     summary: CostSummaryOut
 
 
-
 class ProofOut(BaseModel):
+    model_config = _examples(
+        {
+            "record_id": EXAMPLE_RECORD_ID, "log_id": "acme.0", "leaf_index": 1283, "leaf_hash": _LEAF_HASH,
+            "tree_size": 1284, "root_hash": _ROOT_HASH,
+            "inclusion_proof": ["0f49b740b3caf6d1e334235e8374922e7321b303c3206a5c41117c161bf0dfb5",
+                                "e447fd409ad0eddb95fdc1cd02a46ae8fd332edcf2f49926ea63aa44c0b81f00"],
+            "checkpoint": _NOTE, "status": "verified",
+        }
+    )
+
     record_id: str
-    log_id: str
-    leaf_index: int
-    leaf_hash: str | None
-    tree_size: int
-    root_hash: str
+    log_id: str = Field(description="The Merkle log the record is in (one per Kafka partition; one embedded).")
+    leaf_index: int = Field(description="Position of the record's leaf in the log.")
+    leaf_hash: str | None = Field(description="SHA-256 leaf hash (RFC 9162, 0x00 prefix), hex.")
+    tree_size: int = Field(description="Size of the tree the checkpoint signs.")
+    root_hash: str = Field(description="Root hash the checkpoint signs, hex.")
     inclusion_proof: list[str] = Field(description="Sibling hashes, leaf side first (RFC 9162 inclusion path), hex.")
     checkpoint: str = Field(description="The signed checkpoint (C2SP signed note) the proof is against.")
-    status: str = Field(description="The server's own check: verified, erased or failed.")
+    status: str = Field(description="The server's own check: verified, erased, failed, or unverifiable "
+                                    "(no public key configured).")
 
 
 class CheckpointOut(BaseModel):
+    model_config = _examples(
+        {"log_id": "acme.0", "size": 1284, "root_hash": _ROOT_HASH, "signed_at": "2026-11-24T07:30:01.998739000Z",
+         "note": _NOTE}
+    )
+
     log_id: str
-    size: int
-    root_hash: str
-    signed_at: str
-    note: str
+    size: int = Field(description="Number of leaves the checkpoint covers.")
+    root_hash: str = Field(description="Merkle root hash, hex.")
+    signed_at: str = Field(description="When the checkpoint was signed, ISO 8601 UTC.")
+    note: str = Field(description="C2SP signed note (origin, size, base64 root, Ed25519 signature lines); "
+                                  "`aitrail verify` checks it with the public key alone.")
 
 
 class CheckpointsOut(BaseModel):
-    data: list[CheckpointOut]
+    model_config = _examples({"data": [CheckpointOut.model_config["json_schema_extra"]["examples"][0]]})
+
+    data: list[CheckpointOut] = Field(description="Newest checkpoint of each log (or of the one asked for).")
+
+
+class Health(BaseModel):
+    model_config = _examples({"status": "ok", "version": "0.1.0"})
+
+    status: Literal["ok"] = Field(description="Always ok: the process answers.")
+    version: str = Field(description="aitrail version.")
+
+
+class Ready(BaseModel):
+    model_config = _examples({"status": "ready"})
+
+    status: Literal["ready"] = Field(description="The store answers; otherwise the answer is 503.")
 
 
 def encode_cursor(time: str | None, record_id: str) -> str:
@@ -180,8 +403,8 @@ class QueryService:
     ) -> AnswersOut:
         start = end = None
         if at is not None:
-            moment, span = parse_when(at, tz), parse_window(window)
-            start, end = to_iso(moment - span), to_iso(moment + span)
+            low, high = around(parse_when(at, tz), parse_window(window))
+            start, end = to_iso(low), to_iso(high)
         elif window is not None:
             raise BadRequest("window needs at")
         # A pseudonym is accepted as is; anything else is the service's own user id.

@@ -14,6 +14,7 @@ from aitrail.errors import BadRequest
 _WINDOW = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr|d|day|w)?\s*$", re.IGNORECASE)
 _UNIT_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400, "day": 86400, "w": 604800}
 MAX_WINDOW = timedelta(days=366)
+EARLIEST, LATEST = datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC)
 
 # Thai clock words dateparser does not know: "9 โมง(เช้า)" 09:00, "บ่าย 2 โมง" 14:00,
 # "2 ทุ่ม" 20:00, "เที่ยง" 12:00.
@@ -29,14 +30,14 @@ _THAI_CLOCK = [
 def zone(name: str | None) -> ZoneInfo:
     try:
         return ZoneInfo(name or "UTC")
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a directory ("Asia"), a name too long
         raise BadRequest(f"unknown time zone {name!r}; use an IANA name such as Asia/Bangkok") from None
 
 
 def parse_when(text: str, tz_name: str | None = None, *, now: datetime | None = None) -> datetime:
     """An aware UTC datetime for `text`, read in the time zone `tz_name` (default UTC)."""
     tz = zone(tz_name)
-    text = text.strip()
+    original = text = text.strip()
     if not text:
         raise BadRequest("at is empty")
     try:
@@ -56,11 +57,15 @@ def parse_when(text: str, tz_name: str | None = None, *, now: datetime | None = 
         )
         if parsed is None:
             raise BadRequest(
-                f"cannot read the time {text!r}; use ISO 8601 (2026-11-24T14:30) or words such as 'last Tuesday 14:30'"
+                f"cannot read the time {original!r}; use ISO 8601 (2026-11-24T14:30) or words such as "
+                "'last Tuesday 14:30'"
             )
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=tz)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise BadRequest(f"the time {original!r} is outside the years 1 to 9999") from None
 
 
 def parse_window(text: str | None) -> timedelta:
@@ -68,11 +73,25 @@ def parse_window(text: str | None) -> timedelta:
     if not match:
         raise BadRequest(f"cannot read the window {text!r}; use e.g. 30s, 15m, 2h, 1d")
     seconds = float(match.group(1)) * _UNIT_SECONDS[(match.group(2) or "s").lower()]
-    window = timedelta(seconds=seconds)
-    if window > MAX_WINDOW:
+    if seconds > MAX_WINDOW.total_seconds():  # also inf: checked before timedelta() can overflow
         raise BadRequest("window is longer than 366 days")
-    return window
+    return timedelta(seconds=seconds)
+
+
+def around(moment: datetime, window: timedelta) -> tuple[datetime, datetime]:
+    """[moment - window, moment + window], cut at the first and last representable instants."""
+    try:
+        start = moment - window
+    except OverflowError:
+        start = EARLIEST
+    try:
+        end = moment + window
+    except OverflowError:
+        end = LATEST
+    return start, end
 
 
 def to_iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "000Z"
+    # isoformat pads the year to four digits (strftime's %Y does not, e.g. for year 999),
+    # so the strings keep sorting in time order.
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "000Z"
