@@ -19,7 +19,7 @@ run: $(STAMP)
 
 ## test: every test, real services included (Kafka and OpenSearch are started for the run
 ## and stopped afterwards, unless they were already running)
-test: $(STAMP)
+test: $(STAMP) browser
 	@started=0; \
 	if ! bash deploy/local/services.sh status >/dev/null 2>&1; then \
 	  bash deploy/local/services.sh up || exit 1; started=1; fi; \
@@ -33,6 +33,14 @@ services-up:
 
 services-down:
 	bash deploy/local/services.sh down
+
+## browser: Debian's Chromium and the Thai and CJK fonts for tests/web (Playwright drives it;
+## no browser is ever downloaded)
+.PHONY: browser
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  apt-get update && apt-get install -y --no-install-recommends chromium fonts-noto-cjk fonts-thai-tlwg; \
+	fi
 
 schemas: $(STAMP)
 	$(PY) -m aitrail.schemas.generate

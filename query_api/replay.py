@@ -66,7 +66,7 @@ def for_role(view: dict[str, Any], role: Role) -> dict[str, Any]:
     redacted = {k: v for k, v in view.items() if k not in CONTENT_FIELDS}
     for document in redacted.get("documents", []):
         document.pop("snippet", None)
-    redacted["redacted"] = list(CONTENT_FIELDS)
+    redacted["redacted"] = list(CONTENT_FIELDS) + (["documents.snippet"] if redacted.get("documents") else [])
     return redacted
 
 

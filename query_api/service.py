@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, WithJsonSchema, field_serializer
 from pydantic.json_schema import JsonSchemaValue
 
 from aitrail.errors import BadRequest, NotFound
@@ -69,6 +69,11 @@ class Money(BaseModel):
 
     amount: Decimal | None = Field(description="Exact decimal as a string; null when the model has no price.")
     currency: str | None = Field(description="ISO 4217 code of the price table, e.g. USD; null when unknown or mixed.")
+
+    @field_serializer("amount", when_used="json")
+    def _plain(self, amount: Decimal | None) -> str | None:
+        """Always positional notation: `0.0000000000`, never `0E-10`."""
+        return None if amount is None else format(amount, "f")
 
 
 class AnswerOut(BaseModel):
