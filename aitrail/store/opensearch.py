@@ -76,9 +76,13 @@ log = logging.getLogger(__name__)
 _TIMEOUT_S = 30
 _PAGE = 10_000  # index.max_result_window: the largest page one search may return
 _GROUPS_PAGE = 1_000  # cost groups per composite aggregation page
-_KEYS_PAGE = 10_000  # distinct trace ids per composite aggregation page (search.max_buckets is 65,535)
+_KEYS_PAGE = 50_000  # trace ids per composite aggregation page (below search.max_buckets, 65,535)
 _MAX_TERMS = 65_536  # index.max_terms_count: the most values one `terms` query may hold
-_MISSING_LAST = -(2**63)  # the sort value of a missing date, descending with `missing: _last`
+# Where a missing date sorts: the epoch, the least `date_nanos` value, so last when descending
+# and first when ascending. Not `missing: _last`/`_first`: those sort it as Long.MIN_VALUE,
+# which OpenSearch 2.19 fails to format as a `date_nanos` (a 500, "nanoseconds [...] are
+# before the epoch") whenever a page of a longer result ends on such a document.
+_MISSING_TIME = 0
 _EXACT_DOUBLE = 2**53  # sums below this are exact in the double the sum aggregation returns
 _COST_SPLIT = 1_000_000  # cost_e10 = hi * _COST_SPLIT + lo, summed apart when a total is too big
 
@@ -232,9 +236,9 @@ def _from_e10(value: int) -> Decimal:
 
 def _cursor(after: tuple[str, str]) -> list[Any]:
     """`search_after` for a (time, record_id) cursor: the time as the date field parses it; an
-    empty one (the item had no time) is where missing times sort, last."""
+    empty one (the item had no time) is where missing times sort."""
     time, record_id = after
-    return [time or _MISSING_LAST, record_id]
+    return [time or _MISSING_TIME, record_id]
 
 
 def answer_id(tenant: str, trace_id: str, span_id: str) -> str:
@@ -658,7 +662,7 @@ class OpenSearchStore:
         body: dict[str, Any] = {
             "query": {"bool": {"filter": [{"term": {"tenant": tenant}}, {"term": {"trace_id": trace_id}}]}},
             "sort": [
-                {"start_time": {"order": "asc", "missing": "_first"}},
+                {"start_time": {"order": "asc", "missing": _MISSING_TIME}},
                 {"leaf_index": {"order": "asc", "missing": "_last"}},
                 {"record_id": {"order": "asc"}},
             ],
@@ -704,7 +708,7 @@ class OpenSearchStore:
                     filters.append({"bool": {"must_not": [self._any_of("trace_id", traces)]}})
         body: dict[str, Any] = {
             "query": {"bool": {"filter": filters}},
-            "sort": [{"time": {"order": "desc", "missing": "_last"}}, {"record_id": {"order": "desc"}}],
+            "sort": [{"time": {"order": "desc", "missing": _MISSING_TIME}}, {"record_id": {"order": "desc"}}],
             "from": query.offset,
             "size": query.limit,
             "track_total_hits": True,  # the cursor moves the page, not the query: still all matches
@@ -743,7 +747,7 @@ class OpenSearchStore:
             {"term": {"kind": Kind.RETRIEVAL.value}},
             {"nested": {"path": "documents", "query": {"bool": document}}},
         ]}}
-        return [key["trace"] for key, _ in self._distinct(self.records_pattern, query, {}, "checking document ACLs")]
+        return list(self._distinct(self.records_pattern, query, "checking document ACLs"))
 
     @staticmethod
     def _any_of(field: str, values: list[str]) -> dict[str, Any]:
@@ -753,19 +757,15 @@ class OpenSearchStore:
         chunks = [{"terms": {field: values[i : i + _MAX_TERMS]}} for i in range(0, len(values), _MAX_TERMS)]
         return chunks[0] if len(chunks) == 1 else {"bool": {"should": chunks, "minimum_should_match": 1}}
 
-    def _distinct(
-        self, index: str, query: dict[str, Any], aggs: dict[str, Any], what: str
-    ) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-        """Every distinct `trace_id` of the matches, exactly (a composite aggregation paged
-        through to the end, not the approximate `cardinality`): (key, bucket) with `aggs`
-        computed per trace."""
+    def _distinct(self, index: str, query: dict[str, Any], what: str) -> Iterator[str]:
+        """Every distinct `trace_id` of the matches, exactly: a composite aggregation paged
+        through to the end (each page reads every match: see docs/opensearch.md for the cost)."""
         composite: dict[str, Any] = {"size": _KEYS_PAGE, "sources": [{"trace": {"terms": {"field": "trace_id"}}}]}
-        body = {"query": query, "size": 0, "track_total_hits": False,
-                "aggs": {"traces": {"composite": composite, **({"aggs": aggs} if aggs else {})}}}
+        body = {"query": query, "size": 0, "track_total_hits": False, "aggs": {"traces": {"composite": composite}}}
         while True:
             result = self._search(index, body, what)["aggregations"]["traces"]
             for bucket in result["buckets"]:
-                yield bucket["key"], bucket
+                yield bucket["key"]["trace"]
             if "after_key" not in result or len(result["buckets"]) < _KEYS_PAGE:
                 return
             composite["after"] = result["after_key"]
@@ -776,7 +776,7 @@ class OpenSearchStore:
                    *self._time_range(query.start, query.end, "start_time")]
         body: dict[str, Any] = {
             "query": {"bool": {"filter": filters}},
-            "sort": [{"start_time": {"order": "desc", "missing": "_last"}}, {"record_id": {"order": "desc"}}],
+            "sort": [{"start_time": {"order": "desc", "missing": _MISSING_TIME}}, {"record_id": {"order": "desc"}}],
             "track_total_hits": False,
         }
         if query.after is not None:
@@ -807,25 +807,21 @@ class OpenSearchStore:
         return [row for row, _, _ in rows]
 
     def cost_summary(self, query: CostQuery) -> CostSummary:
-        """The cost as `costs` sums it (exact); the traces by one composite aggregation over the
-        answers index and the records together, paged to the end, so both counts are exact: a
-        trace counts when it has a span-origin completion in the range, and is useful when it
-        also has a feedback record (any time) scoring above 0."""
+        """The cost as `costs` sums it (exact). The traces exactly, by composite aggregations
+        paged to the end (not the approximate `cardinality`): the tenant's traces with positive
+        feedback (a feedback record, any time, scoring above 0), then every trace with a
+        span-origin completion in the range, counting those in the first set as useful."""
         total = self.costs(CostQuery(tenant=query.tenant, start=query.start, end=query.end, group_by=()))
-        spent = {"bool": {"filter": [{"term": {"_index": self.answers_index}}, {"term": {"has_span": True}},
+        liked = set(self._distinct(self.records_pattern, {"bool": {"filter": [
+            {"term": {"tenant": query.tenant}}, {"term": {"kind": Kind.FEEDBACK.value}},
+            {"range": {"score": {"gt": 0}}},
+        ]}}, "reading feedback"))
+        spent = {"bool": {"filter": [{"term": {"tenant": query.tenant}}, {"term": {"has_span": True}},
                                      *self._time_range(query.start, query.end)]}}
-        liked = {"bool": {"filter": [{"term": {"kind": Kind.FEEDBACK.value}}, {"range": {"score": {"gt": 0}}}]}}
         traces = useful = 0
-        for _, bucket in self._distinct(
-            f"{self.answers_index},{self.records_pattern}",
-            {"bool": {"filter": [{"term": {"tenant": query.tenant}}],
-                      "should": [spent, liked], "minimum_should_match": 1}},
-            {"spent": {"filter": spent}, "liked": {"filter": liked}},
-            "counting useful traces",
-        ):
-            if bucket["spent"]["doc_count"]:
-                traces += 1
-                useful += bucket["liked"]["doc_count"] > 0
+        for trace_id in self._distinct(self.answers_index, spent, "counting traces"):
+            traces += 1
+            useful += trace_id in liked
         return CostSummary(
             cost=total[0].cost if total else _from_e10(0), currency=total[0].currency if total else None,
             traces=traces, useful_traces=useful,

@@ -13,8 +13,9 @@ from aitrail.integrity.note import Signer
 from aitrail.integrity.sequencer import ForkError, LogSequencer, LogUpdate, new_log
 from aitrail.integrity.verify import verify_log
 from aitrail.schemas.generate import index_template
+from aitrail.schemas.record import AuditRecord
 from aitrail.settings import OpenSearchSettings
-from aitrail.store.base import AnswerQuery, CostQuery, Role, WriteResult
+from aitrail.store.base import AnswerQuery, CostQuery, RecordQuery, Role, WriteResult
 from aitrail.store.keys import hash_key
 from aitrail.store.opensearch import OpenSearchStore, answer_id
 from tests.conftest import _opensearch
@@ -208,6 +209,45 @@ def test_trace_and_costs_read_every_page(os_store, monkeypatch):
     assert [r.span_id for r in os_store.trace("acme", records[0].trace_id)] == [r.span_id for r in reversed(records)]
     rows = os_store.costs(CostQuery(tenant="acme", group_by=("service",)))
     assert [(r.group["service"], r.calls) for r in rows] == [(f"s{s}", 1) for s in range(1, 6)]
+
+
+def test_pages_may_end_on_a_missing_time(os_store, monkeypatch):
+    """A missing time sorts as the epoch, not as `missing: _last` (Long.MIN_VALUE), which
+    OpenSearch 2.19 cannot format when a page of a longer result ends on it (a 500)."""
+    monkeypatch.setattr("aitrail.store.opensearch._PAGE", 2)
+    timed = [completion(trace=1, span=s, time=iso(24, 7, s)) for s in (1, 2)]
+    untimed = [completion(trace=1, span=s).model_copy(update={"start_time": None}) for s in (3, 4, 5)]
+    os_store.write(timed + untimed)
+    untimed_ids = sorted((r.record_id for r in untimed), reverse=True)
+    newest_first = [r.record_id for r in reversed(timed)] + untimed_ids
+    page = os_store.search_answers(AnswerQuery(tenant="acme", limit=3))  # ends on an untimed one
+    assert [a.record_id for a in page.answers] == newest_first[:3]
+    rest = os_store.search_answers(AnswerQuery(tenant="acme", limit=3, after=("", page.answers[-1].record_id)))
+    assert ([a.record_id for a in rest.answers], rest.count) == (newest_first[3:], 5)
+    records = os_store.list_records(RecordQuery(tenant="acme", kind="completion", limit=4))  # pages of 2
+    assert [r.record_id for r in records] == newest_first[:4]
+    assert [r.record_id for r in os_store.trace("acme", timed[0].trace_id)] == untimed_ids[::-1] + [
+        r.record_id for r in timed
+    ]
+
+
+def test_trace_sets_read_every_page(os_store, monkeypatch):
+    monkeypatch.setattr("aitrail.store.opensearch._KEYS_PAGE", 2)
+    monkeypatch.setattr("aitrail.store.opensearch._MAX_TERMS", 2)  # several `terms` chunks
+    secret = [{"doc_id": "minutes", "acl_tags": ["board"]}]
+    os_store.write(
+        [completion(trace=t, cost="0.25") for t in range(1, 8)]
+        + [retrieval(trace=t, documents=secret) for t in range(1, 6)]
+        + [AuditRecord(record_id=f"{t:032x}", kind="feedback", tenant="acme", trace_id=f"{t:032x}",
+                       span_id=f"{9:016x}", start_time=iso(24, 12), score=1.0)
+           for t in (1, 2, 3, 9)]  # trace 9 has feedback but no completion
+    )
+    exposed = os_store.search_answers(AnswerQuery(tenant="acme", exposed_to=("public",), limit=50))
+    assert sorted(int(a.trace_id, 16) for a in exposed.answers) == [1, 2, 3, 4, 5]
+    visible = os_store.search_answers(AnswerQuery(tenant="acme", visible_to=("public",), limit=50))
+    assert sorted(int(a.trace_id, 16) for a in visible.answers) == [6, 7]
+    summary = os_store.cost_summary(CostQuery(tenant="acme"))
+    assert (summary.cost, summary.traces, summary.useful_traces) == (Decimal("1.75"), 7, 3)
 
 
 def test_keys_store_only_a_hash(os_store):
