@@ -1082,6 +1082,16 @@ class OpenSearchStore:
         except Exception:  # noqa: BLE001  (readiness: any failure means not ready)
             return False
 
+    def settle(self) -> None:
+        """Make every acknowledged write visible to searches now (a refresh), so that a full
+        check such as `aitrail verify` does not mistake the last second's records and
+        checkpoints, written with refresh off, for missing ones."""
+        with self._calling("refreshing before a full read"):
+            self._client.indices.refresh(
+                index=f"{self.records_pattern},{self.checkpoints_index},{self.logs_index},{self.nodes_index}",
+                params={"ignore_unavailable": "true"},
+            )
+
     def count(self, tenant: str | None = None) -> int:
         query = {"term": {"tenant": tenant}} if tenant is not None else {"match_all": {}}
         with self._calling("counting records"):

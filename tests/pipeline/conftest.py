@@ -155,6 +155,15 @@ class Pipeline:
         assert result.returncode == 0, result.stderr
         return result.stdout.strip()
 
+    def verify(self) -> str:
+        """`aitrail verify` over everything stored: every Merkle log must check out."""
+        result = subprocess.run(
+            [sys.executable, "-m", "aitrail.cli", "verify"], env=self.env(), capture_output=True, text=True,
+            timeout=300, cwd=REPO,
+        )
+        assert result.returncode == 0, f"aitrail verify failed:\n{result.stdout}\n{result.stderr}"
+        return result.stdout + result.stderr
+
     # -- OpenSearch views of what was stored ---------------------------------------------
 
     def client(self) -> OpenSearch:
@@ -201,6 +210,8 @@ def pipeline(services, tmp_path):
     asyncio.run(ensure_topics(KafkaSettings(bootstrap_servers=p.kafka, topic=p.topic, dlq_topic=p.dlq, partitions=6)))
     yield p
     p.stop_all()
+    if os.environ.get("AITRAIL_TEST_KEEP_INDICES"):  # for a post-mortem of a failed run
+        return
     try:
         drop_opensearch_layout(p.opensearch_url, p.prefix)
     except Exception:  # the node may be the thing a test broke

@@ -63,6 +63,8 @@ def wait_stored_exactly(pipeline, expected: int, timeout: float = 180, tenant: s
     total, _ = pipeline.stored(tenant)
     assert total == expected
     assert pipeline.duplicates() == []
+    report = pipeline.verify()  # and the Merkle logs neither forked nor lost a leaf
+    assert "FAILED" not in report
 
 
 def test_sdk_to_gateway_to_kafka_to_collector_to_opensearch_to_api(pipeline):
