@@ -84,7 +84,12 @@ CREATE TABLE IF NOT EXISTS answers (
     terms TEXT,  -- question and answer as search terms (see aitrail.store.text)
     UNIQUE (tenant, trace_id, span_id)
 );
-CREATE INDEX IF NOT EXISTS answers_time ON answers (tenant, time);
+-- Newest-first pages walk an index in order and stop at the limit (no sort of all matches).
+CREATE INDEX IF NOT EXISTS answers_time ON answers (tenant, time, record_id);
+CREATE INDEX IF NOT EXISTS answers_user ON answers (tenant, user, time);
+CREATE INDEX IF NOT EXISTS answers_service ON answers (tenant, service, time);
+-- Narrow enough that counting tens of thousands of full-text hits for a tenant stays cheap.
+CREATE INDEX IF NOT EXISTS answers_id_tenant ON answers (id, tenant, time);
 CREATE VIRTUAL TABLE IF NOT EXISTS answers_fts USING fts5 (
     terms, content = '', tokenize = 'porter unicode61 remove_diacritics 2'
 );
@@ -198,7 +203,11 @@ class SqliteStore:
         self._write_lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         with self._write_lock:
-            self._conn().executescript(_SCHEMA)
+            conn = self._conn()
+            # Stores made before the time index carried record_id: rebuild it once.
+            if len(conn.execute("PRAGMA index_info(answers_time)").fetchall()) == 2:
+                conn.execute("DROP INDEX answers_time")
+            conn.executescript(_SCHEMA)
 
     @classmethod
     def in_dir(cls, data_dir: Path) -> SqliteStore:
@@ -361,18 +370,29 @@ class SqliteStore:
             expression = match_expression(query.text)
             if expression is None:
                 raise BadRequest("q has no searchable words")
-            where.append("a.id IN (SELECT rowid FROM answers_fts WHERE answers_fts MATCH ?)")
-            params.append(expression)
+            # The hits are gathered once per query (count and page both use them), in this
+            # connection's own temporary table. `+` keeps them a filter: the page walks the
+            # time index newest first and stops at the limit instead of sorting every hit.
+            where.append("+a.id IN (SELECT id FROM temp.fts_hits)")
         clause = " AND ".join(where)
         conn = self._conn()
-        count = conn.execute(f"SELECT count(*) FROM answers a WHERE {clause}", params).fetchone()[0]
+        if query.text:
+            conn.execute("CREATE TEMP TABLE IF NOT EXISTS fts_hits (id INTEGER PRIMARY KEY)")
+            conn.execute("DELETE FROM temp.fts_hits")
+            conn.execute("INSERT INTO temp.fts_hits SELECT rowid FROM answers_fts WHERE answers_fts MATCH ?", (expression,))
+        only_text = len(where) == 2 and query.text  # tenant + text: count the hits by the narrow index
+        count_sql = (
+            f"SELECT count(*) FROM answers a INDEXED BY answers_id_tenant WHERE {clause.replace('+a.id', 'a.id')}"
+            if only_text else f"SELECT count(*) FROM answers a WHERE {clause}"
+        )
+        count = conn.execute(count_sql, params).fetchone()[0]
         if query.after is not None:  # the page moves; the count stays the count of all matches
             clause += " AND (coalesce(a.time, ''), a.record_id) < (?, ?)"
             params = [*params, *query.after]
         rows = conn.execute(
             "SELECT record_id, trace_id, span_id, time, question, answer, provider, model, input_tokens, "
             f"output_tokens, cost_e10, cost_currency, service, user FROM answers a WHERE {clause} "
-            "ORDER BY coalesce(a.time, '') DESC, a.record_id DESC LIMIT ? OFFSET ?",
+            "ORDER BY a.time DESC, a.record_id DESC LIMIT ? OFFSET ?",
             [*params, query.limit, query.offset],
         ).fetchall()
         answers = [
