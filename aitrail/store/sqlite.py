@@ -86,8 +86,8 @@ CREATE TABLE IF NOT EXISTS answers (
 );
 -- Newest-first pages walk an index in order and stop at the limit (no sort of all matches).
 CREATE INDEX IF NOT EXISTS answers_time ON answers (tenant, time, record_id);
-CREATE INDEX IF NOT EXISTS answers_user ON answers (tenant, user, time);
-CREATE INDEX IF NOT EXISTS answers_service ON answers (tenant, service, time);
+CREATE INDEX IF NOT EXISTS answers_user ON answers (tenant, user, time, record_id);
+CREATE INDEX IF NOT EXISTS answers_service ON answers (tenant, service, time, record_id);
 -- Narrow enough that counting tens of thousands of full-text hits for a tenant stays cheap.
 CREATE INDEX IF NOT EXISTS answers_id_tenant ON answers (id, tenant, time);
 CREATE VIRTUAL TABLE IF NOT EXISTS answers_fts USING fts5 (
@@ -204,9 +204,11 @@ class SqliteStore:
         self._connections: list[sqlite3.Connection] = []
         with self._write_lock:
             conn = self._conn()
-            # Stores made before the time index carried record_id: rebuild it once.
-            if len(conn.execute("PRAGMA index_info(answers_time)").fetchall()) == 2:
-                conn.execute("DROP INDEX answers_time")
+            # Stores made before these indexes carried record_id (newest-first order): rebuild once.
+            for index, columns in (("answers_time", 3), ("answers_user", 4), ("answers_service", 4)):
+                found = len(conn.execute(f"PRAGMA index_info({index})").fetchall())
+                if found and found != columns:
+                    conn.execute(f"DROP INDEX {index}")
             conn.executescript(_SCHEMA)
 
     @classmethod
