@@ -44,12 +44,17 @@ def _kv(key: str, value) -> KeyValue:
     return KeyValue(key=key, value=any_value)
 
 
-def build_requests(traces: int, traces_per_request: int, *, seed: int = 1, start_ns: int = 1_795_000_000_000_000_000):
+def build_requests(
+    traces: int, traces_per_request: int, *, seed: int = 1, start_ns: int = 1_795_000_000_000_000_000,
+    step_ns: int = 1_000_000_000, users: int = 50, first_trace: int = 0,
+):
     """`traces` RAG traces (a retrieval and a completion span each), in requests of
-    `traces_per_request` traces. Returns (serialised requests, span count)."""
-    rng = random.Random(seed)
+    `traces_per_request` traces, one every `step_ns` from `start_ns`, asked by `users` users.
+    `first_trace` numbers the traces from there (to build a long run in chunks). Returns
+    (serialised requests, span count)."""
+    rng = random.Random(seed * 1_000_003 + first_trace)
     requests, spans = [], 0
-    for first in range(0, traces, traces_per_request):
+    for first in range(first_trace, first_trace + traces, traces_per_request):
         request = ExportTraceServiceRequest()
         for service in SERVICES:
             resource_spans = request.resource_spans.add()
@@ -58,12 +63,13 @@ def build_requests(traces: int, traces_per_request: int, *, seed: int = 1, start
             )
             scope = resource_spans.scope_spans.add()
             scope.scope.name = "opentelemetry.instrumentation.openai_v2"
-            for n in range(first, min(first + traces_per_request, traces)):
+            for n in range(first, min(first + traces_per_request, first_trace + traces)):
                 if SERVICES[n % len(SERVICES)] != service:
                     continue
                 i = rng.randrange(len(QUESTIONS))
                 trace_id = rng.getrandbits(128).to_bytes(16, "big")
-                t0 = start_ns + n * 1_000_000_000
+                t0 = start_ns + n * step_ns
+                user = f"user{rng.randrange(users)}@example.com"
                 retrieval = scope.spans.add(
                     trace_id=trace_id, span_id=rng.getrandbits(64).to_bytes(8, "big"), name="retrieval policies",
                     start_time_unix_nano=t0, end_time_unix_nano=t0 + 40_000_000, kind=3,
@@ -82,7 +88,7 @@ def build_requests(traces: int, traces_per_request: int, *, seed: int = 1, start
                         _kv("gen_ai.operation.name", "retrieval"), _kv("gen_ai.data_source.id", "policies"),
                         _kv("aitrail.retrieval.query", QUESTIONS[i]), _kv("aitrail.retrieval.top_k", 3),
                         _kv("aitrail.retrieval.documents", json.dumps(documents, ensure_ascii=False)),
-                        _kv("enduser.id", f"user{rng.randrange(50)}@example.com"),
+                        _kv("enduser.id", user),
                     ]
                 )
                 model = MODELS[n % len(MODELS)]
@@ -100,7 +106,7 @@ def build_requests(traces: int, traces_per_request: int, *, seed: int = 1, start
                         _kv("gen_ai.response.finish_reasons", ["stop"]),
                         _kv("gen_ai.usage.input_tokens", rng.randrange(200, 2000)),
                         _kv("gen_ai.usage.output_tokens", rng.randrange(20, 400)),
-                        _kv("enduser.id", f"user{rng.randrange(50)}@example.com"),
+                        _kv("enduser.id", user),
                         _kv("gen_ai.system_instructions", json.dumps([{"type": "text", "content": "Answer from the policies only."}])),
                         _kv("gen_ai.input.messages", json.dumps(
                             [{"role": "user", "parts": [{"type": "text", "content": QUESTIONS[i]}]}], ensure_ascii=False)),
@@ -112,3 +118,58 @@ def build_requests(traces: int, traces_per_request: int, *, seed: int = 1, start
                 spans += 2
         requests.append(request.SerializeToString())
     return requests, spans
+
+
+# -- normalised records, for benchmarks that fill a store directly ----------------------------
+
+PSEUDONYM_KEY = b"bench-pseudonym-key-0123456789ab"
+INGESTED = "2026-11-25T00:00:00.000000000Z"
+DAY_NS = 86_400 * 1_000_000_000
+
+
+def pseudonymiser():
+    from aitrail.collector.pipeline import hmac_pseudonymiser
+
+    return hmac_pseudonymiser(PSEUDONYM_KEY)
+
+
+def normalised(requests: list[bytes], tenant: str):
+    """The records the collector makes of `requests` (decode, normalise, price, pseudonymise)."""
+    from aitrail.collector.cost import PriceTable
+    from aitrail.collector.normalise import normalise_traces
+    from aitrail.collector.pipeline import pricer_for
+    from aitrail.otlp import decode_traces
+
+    pricer, pseudonymise = pricer_for(PriceTable.load(None)), pseudonymiser()
+    return [
+        record
+        for payload in requests
+        for record in normalise_traces(
+            decode_traces(payload), tenant, ingested_at=INGESTED, pricer=pricer, pseudonymise=pseudonymise
+        )
+    ]
+
+
+def record_batches(
+    records: int, *, tenant: str, end_ns: int, days: float, users: int, seed: int = 1, chunk: int = 10_000,
+):
+    """About `records` records (a retrieval and a completion per trace) spread evenly over the
+    `days` before `end_ns`, in lists of about `chunk`. Yields (requests, records) per chunk."""
+    for part in chunks(records, end_ns=end_ns, days=days, chunk=chunk):
+        yield record_chunk(part, tenant=tenant, users=users, seed=seed)
+
+
+def chunks(records: int, *, end_ns: int, days: float, chunk: int = 10_000) -> list[tuple[int, int, int, int]]:
+    """The parts of a data set, each (first trace, traces, start_ns, step_ns): build each with
+    `record_chunk`, in any order or process."""
+    traces = max(1, records // 2)
+    step = max(1, int(days * DAY_NS / traces))
+    start = end_ns - traces * step
+    per_chunk = max(1, chunk // 2)
+    return [(first, min(per_chunk, traces - first), start, step) for first in range(0, traces, per_chunk)]
+
+
+def record_chunk(part: tuple[int, int, int, int], *, tenant: str, users: int, seed: int = 1):
+    first, n, start, step = part
+    requests, _ = build_requests(n, 250, seed=seed, start_ns=start, step_ns=step, users=users, first_trace=first)
+    return requests, normalised(requests, tenant)

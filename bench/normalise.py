@@ -3,6 +3,7 @@ convention. Baseline in the same run: protobuf decoding alone. Target ≤ 25 µs
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from aitrail.collector.cost import PriceTable
@@ -48,13 +49,16 @@ def measure(payloads: list[bytes], spans: int, repeats: int = 5) -> dict[str, fl
             "normalise_us_per_span": round(normalised - decode, 2), "canonical_us_per_span": round(total - normalised, 2)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5, help="runs of each measurement (the fastest counts)")
+    args = parser.parse_args(argv)
     results = {}
     for convention in ("otelv2-span", "openinference", "openllmetry"):
         payload = (CAPTURES / convention / "00-traces.pb").read_bytes()
-        results[convention] = measure([payload] * 2000, 2000)
+        results[convention] = measure([payload] * 2000, 2000, args.repeats)
     requests, spans = build_requests(2000, 250)
-    results["synthetic-rag (retrieval+chat, ~1.4 KB/span)"] = measure(requests, spans)
+    results["synthetic-rag (retrieval+chat, ~1.4 KB/span)"] = measure(requests, spans, args.repeats)
     report("normalise", results)
 
 
