@@ -1,7 +1,7 @@
 """Every benchmark in sequence, each in its own process (`python -m bench`, `make bench`), then
 one table of the headline figures against their targets (also bench/out/summary.md).
 
-    python -m bench                                  # defaults: about 10 minutes on 2 cores
+    python -m bench                                  # defaults: about 6-7 minutes on 2 cores
     python -m bench --records 1000000                # the answers benchmarks at full size
     python -m bench --only integrity,pipeline -X pipeline="--integrity both"
 
