@@ -171,6 +171,16 @@ _GROUP_COLUMNS = {
 }
 
 
+def _time_range(where: list[str], params: list, column: str, start: str | None, end: str | None) -> None:
+    """Add an inclusive time range on `column` (ISO strings compare in time order)."""
+    if start is not None:
+        where.append(f"{column} >= ?")
+        params.append(start)
+    if end is not None:
+        where.append(f"{column} <= ?")
+        params.append(end)
+
+
 def _answer_row(r: AuditRecord) -> tuple:
     cost = r.cost
     priced = cost is not None and cost.amount is not None
@@ -346,12 +356,7 @@ class SqliteStore:
 
     def search_answers(self, query: AnswerQuery) -> AnswerPage:
         where, params = ["a.tenant = ?"], [query.tenant]
-        if query.start is not None:
-            where.append("a.time >= ?")
-            params.append(query.start)
-        if query.end is not None:
-            where.append("a.time <= ?")
-            params.append(query.end)
+        _time_range(where, params, "a.time", query.start, query.end)
         for column, value in (("a.service", query.service), ("a.user", query.user)):
             if value is not None:
                 where.append(f"{column} = ?")
@@ -414,12 +419,7 @@ class SqliteStore:
             raise BadRequest(f"cannot group by {', '.join(unknown)}; choose from {', '.join(COST_GROUPS)}")
         columns = [_GROUP_COLUMNS[g] for g in query.group_by]
         where, params = ["tenant = ?", "has_span = 1"], [query.tenant]
-        if query.start is not None:
-            where.append("time >= ?")
-            params.append(query.start)
-        if query.end is not None:
-            where.append("time <= ?")
-            params.append(query.end)
+        _time_range(where, params, "time", query.start, query.end)
         select = ", ".join(f"{c} AS g{i}" for i, c in enumerate(columns)) or "NULL"
         group = ", ".join(f"g{i}" for i in range(len(columns)))
         sql = (
@@ -492,12 +492,7 @@ class SqliteStore:
 
     def cost_summary(self, query: CostQuery) -> CostSummary:
         where, params = ["a.tenant = ?", "a.has_span = 1"], [query.tenant]
-        if query.start is not None:
-            where.append("a.time >= ?")
-            params.append(query.start)
-        if query.end is not None:
-            where.append("a.time <= ?")
-            params.append(query.end)
+        _time_range(where, params, "a.time", query.start, query.end)
         row = self._conn().execute(
             "SELECT sum(a.cost_e10), max(a.cost_currency), count(DISTINCT a.trace_id), count(DISTINCT CASE WHEN "
             "EXISTS (SELECT 1 FROM feedback f WHERE f.tenant = a.tenant AND f.trace_id = a.trace_id AND f.score > 0) "
@@ -508,12 +503,7 @@ class SqliteStore:
 
     def list_records(self, query: RecordQuery) -> list[AuditRecord]:
         where, params = ["tenant = ?", "kind = ?"], [query.tenant, query.kind]
-        if query.start is not None:
-            where.append("start_time >= ?")
-            params.append(query.start)
-        if query.end is not None:
-            where.append("start_time <= ?")
-            params.append(query.end)
+        _time_range(where, params, "start_time", query.start, query.end)
         if query.after is not None:
             where.append("(coalesce(start_time, ''), record_id) < (?, ?)")
             params += list(query.after)
