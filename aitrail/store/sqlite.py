@@ -386,7 +386,18 @@ class SqliteStore:
         if query.text:
             conn.execute("CREATE TEMP TABLE IF NOT EXISTS fts_hits (id INTEGER PRIMARY KEY)")
             conn.execute("DELETE FROM temp.fts_hits")
-            conn.execute("INSERT INTO temp.fts_hits SELECT rowid FROM answers_fts WHERE answers_fts MATCH ?", (expression,))
+            hits_sql, hits_params = "SELECT rowid FROM answers_fts WHERE answers_fts MATCH ?", [expression]
+            if query.start is not None or query.end is not None:
+                # Only the full-text rows whose ids fall between those of the window's answers
+                # can match; the time filter still decides, so this only narrows the search.
+                bounds_where, bounds_params = ["tenant = ?"], [query.tenant]
+                _time_range(bounds_where, bounds_params, "time", query.start, query.end)
+                low, high = conn.execute(
+                    f"SELECT min(id), max(id) FROM answers WHERE {' AND '.join(bounds_where)}", bounds_params
+                ).fetchone()
+                hits_sql += " AND rowid BETWEEN ? AND ?"
+                hits_params += [low if low is not None else 1, high if high is not None else 0]
+            conn.execute(f"INSERT INTO temp.fts_hits {hits_sql}", hits_params)
         only_text = len(where) == 2 and query.text  # tenant + text: count the hits by the narrow index
         count_sql = (
             f"SELECT count(*) FROM answers a INDEXED BY answers_id_tenant WHERE {clause.replace('+a.id', 'a.id')}"

@@ -232,3 +232,14 @@ def test_list_records_of_a_kind_newest_first_with_cursor(store):
     assert [r.details["n"] for r in rest] == [1, 0]
     window = store.list_records(RecordQuery(tenant="acme", kind="access", start=iso(24, 13, 1), end=iso(24, 13, 2)))
     assert [r.details["n"] for r in window] == [2, 1]
+
+
+def test_answers_text_within_a_time_window(store):
+    store.write(
+        [completion(trace=600 + i, time=iso(24, 6 + i, 0), question=q)
+         for i, q in enumerate(["refund policy?", "password reset?", "refund for damage?", "refund later?"])]
+    )
+    page = store.search_answers(AnswerQuery(tenant="acme", text="refund", start=iso(24, 6, 30), end=iso(24, 8, 30)))
+    assert [a.trace_id for a in page.answers] == [f"{602:032x}"] and page.count == 1
+    empty = store.search_answers(AnswerQuery(tenant="acme", text="refund", start=iso(25, 0), end=iso(25, 1)))
+    assert empty.count == 0 and empty.answers == []
