@@ -236,7 +236,7 @@ def test_list_records_of_a_kind_newest_first_with_cursor(store):
 
 def test_answers_text_within_a_time_window(store):
     store.write(
-        [completion(trace=600 + i, time=iso(24, 6 + i, 0), question=q)
+        [completion(trace=600 + i, time=iso(24, 6 + i, 0), question=q, answer="-")
          for i, q in enumerate(["refund policy?", "password reset?", "refund for damage?", "refund later?"])]
     )
     page = store.search_answers(AnswerQuery(tenant="acme", text="refund", start=iso(24, 6, 30), end=iso(24, 8, 30)))
