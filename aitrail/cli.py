@@ -89,15 +89,21 @@ async def _run_until_signal(run) -> None:
     await run(stop)
 
 
+def _run_service(args: argparse.Namespace, run) -> int:
+    """Build the settings, log as a service, and run `run(settings, stop)` until SIGINT/SIGTERM."""
+    settings = _settings(args)
+    _configure_logging(settings, service=True)
+    asyncio.run(_run_until_signal(lambda stop: run(settings, stop)))
+    return 0
+
+
 # -- commands -------------------------------------------------------------------------------
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    _configure_logging(settings, service=True)
     from .embedded import embedded
 
-    async def run(stop: asyncio.Event) -> None:
+    async def run(settings: Settings, stop: asyncio.Event) -> None:
         async with embedded(settings) as running:
             store, ports = running.store, running.ports
             base = f"http://{settings.host}:{ports.api}"
@@ -111,16 +117,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             await stop.wait()
             log.info("stopping")
 
-    asyncio.run(_run_until_signal(run))
-    return 0
+    return _run_service(args, run)
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    _configure_logging(settings, service=True)
     from .scaleout import gateway
 
-    async def run(stop: asyncio.Event) -> None:
+    async def run(settings: Settings, stop: asyncio.Event) -> None:
         async with gateway(settings) as ports:
             log.info(
                 "aitrail gateway %s: OTLP %s:%d (HTTP) and %s:%d (gRPC) → Kafka %s topic %s", __version__,
@@ -130,38 +133,31 @@ def cmd_gateway(args: argparse.Namespace) -> int:
             await stop.wait()
             log.info("stopping")
 
-    asyncio.run(_run_until_signal(run))
-    return 0
+    return _run_service(args, run)
 
 
 def cmd_collector(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    _configure_logging(settings, service=True)
     from .scaleout import collector
 
-    async def run(stop: asyncio.Event) -> None:
+    async def run(settings: Settings, stop: asyncio.Event) -> None:
         async with collector(settings) as drain:
             await stop.wait()
             log.info("stopping: finishing the batch in flight and committing")
             await drain()
 
-    asyncio.run(_run_until_signal(run))
-    return 0
+    return _run_service(args, run)
 
 
 def cmd_api(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    _configure_logging(settings, service=True)
     from .scaleout import api
 
-    async def run(stop: asyncio.Event) -> None:
+    async def run(settings: Settings, stop: asyncio.Event) -> None:
         async with api(settings) as port:
             backend = settings.opensearch.url or f"SQLite in {settings.data_dir.resolve()}"
             log.info("aitrail api %s on http://%s:%d over %s", __version__, settings.host, port, backend)
             await stop.wait()
 
-    asyncio.run(_run_until_signal(run))
-    return 0
+    return _run_service(args, run)
 
 
 def _demo(store, settings: Settings, ports, base: str) -> None:
