@@ -71,13 +71,13 @@ def _cli_principal(tenant: str):
 
 def _query_service(settings: Settings):
     from .collector.pipeline import hmac_pseudonymiser
-    from .collector.sequencing import configured_verifier
+    from .custody import trusted_verifiers
     from .query_api.service import QueryService
     from .store import open_store
 
     store = open_store(settings)
     return QueryService(
-        store, pseudonymise=hmac_pseudonymiser(store.secret("pseudonym")), verifier=configured_verifier(settings)
+        store, pseudonymise=hmac_pseudonymiser(store.secret("pseudonym")), verifier=trusted_verifiers(settings) or None
     )
 
 
@@ -195,11 +195,17 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 state = f"revoked {info.revoked_at}" if info.revoked_at else "active"
                 print(f"{info.key_id}\t{info.tenant}\t{info.role}\t{info.created_at}\t{state}")
         elif args.keys_command == "signing":
-            from .collector.sequencing import ensure_signing_key, public_key_path
+            from .custody import ensure_signing_key, public_key_path, rotate_signing_key, signing_key_path
 
             path = public_key_path(settings)
-            if args.create:
-                signer = ensure_signing_key(settings, store)
+            if args.rotate:
+                retired, signer = rotate_signing_key(settings)
+                print(f"retired {retired.to_vkey()} (its .pub stays in {path.parent}, so old checkpoints "
+                      "keep verifying)", file=sys.stderr)
+                print(signer.verifier().to_vkey())
+            elif args.create:
+                signer = ensure_signing_key(settings)
+                print(f"signing key: {signing_key_path(settings)}", file=sys.stderr)
                 print(signer.verifier().to_vkey())
             elif path.exists():
                 print(path.read_text().strip())
@@ -247,14 +253,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """Exit 0 only when everything checked verifies; 1 on any failure (each printed)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .collector.sequencing import CheckpointFile, configured_verifier
+    from .custody import CheckpointMirror, trusted_verifiers
     from .integrity.verify import verify_log, verify_record
     from .query_api.integrity import Proofs
     from .store import open_store
 
     settings = _settings(args)
-    verifier = configured_verifier(settings, args.public_key)
-    if verifier is None:
+    verifier = trusted_verifiers(settings, [args.public_key] if args.public_key else ())
+    if not verifier:
         raise AitrailError("no public key: pass --public-key (a vkey or a .pub file) or configure integrity.signing_key_file")
     if args.bundle:
         raise AitrailError(
@@ -277,7 +283,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         log_ids = [args.log] if args.log else store.log_ids()
         if args.log and args.log not in store.log_ids():
             raise AitrailError(f"no log {args.log}; logs: {', '.join(store.log_ids()) or 'none'}")
-        checkpoint_file = CheckpointFile(settings.integrity.checkpoint_dir or settings.data_dir / "checkpoints")
+        checkpoint_file = CheckpointMirror(settings.integrity.checkpoint_dir, create=False)
         with Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
             console=_stderr_console(), transient=True,
@@ -309,7 +315,8 @@ def _compare_checkpoint_file(store, checkpoint_file, log_id: str) -> list[str]:
     """Checkpoints kept outside the store must all be in it, unchanged. The file is read
     first: a live log writes the store before the file, so whatever the file holds is
     already in the store, even if a checkpoint is signed while we read."""
-    kept = checkpoint_file.read(log_id)
+    state = store.log_state(log_id)
+    kept = checkpoint_file.read(state.origin) if state is not None else []
     if hasattr(store, "settle"):
         store.settle()
     stored = {cp.size: cp.note for cp in store.checkpoints(log_id)}
@@ -410,6 +417,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(signing)
     signing.add_argument("--create", action="store_true", help="create the key pair first if there is none")
+    signing.add_argument(
+        "--rotate", action="store_true",
+        help="replace the key with a new one of the same name; the old public key stays trusted (stop the "
+             "sequencers first, restart them after)",
+    )
     keys.set_defaults(func=cmd_keys)
 
     verify = commands.add_parser("verify", help="check records, logs and checkpoints; non-zero exit on any failure")

@@ -20,6 +20,7 @@ from aitrail.bus.local import LocalBus
 from aitrail.collector.cost import PriceTable
 from aitrail.collector.pipeline import Pipeline, checkpoint_timer, hmac_pseudonymiser, pricer_for, run_collector
 from aitrail.collector.sequencing import open_sequencing
+from aitrail.custody import trusted_verifiers
 from aitrail.gateway.grpc import otlp_grpc_server
 from aitrail.gateway.http import otlp_http_app
 from aitrail.auth import Authenticator
@@ -135,7 +136,7 @@ async def embedded(settings: Settings) -> AsyncIterator[Embedded]:
         stack.push_async_callback(stop_collector)
 
         api_sock = listen(settings.host, settings.api_port)
-        verifier = sequencing.signer.verifier() if sequencing is not None else None
+        verifier = trusted_verifiers(settings) or None
         async def append(records) -> None:  # access records take the same path as spans
             await append_system_records(bus, records)
 

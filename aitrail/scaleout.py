@@ -25,7 +25,8 @@ from aitrail.collector.cost import PriceTable
 from aitrail.collector.pipeline import (
     BatchResult, Pipeline, checkpoint_timer, hmac_pseudonymiser, pricer_for, run_collector,
 )
-from aitrail.collector.sequencing import configured_verifier, open_sequencing
+from aitrail.collector.sequencing import open_sequencing
+from aitrail.custody import access_key_path, trusted_verifiers
 from aitrail.embedded import listen, serve_app
 from aitrail.errors import AitrailError, ConfigError, Unavailable
 from aitrail.gateway.grpc import otlp_grpc_server
@@ -232,7 +233,10 @@ async def api(settings: Settings) -> AsyncIterator[int]:
         stack.callback(store.close)
         # The API seals its access records into a log of its own: no other process writes it.
         instance = settings.instance_name or socket.gethostname()
-        sequencing = open_sequencing(settings, store, create_key=False, default_log=f"access.{instance}")
+        # Signed with its own key: the API never holds the collectors' key.
+        sequencing = open_sequencing(
+            settings, store, create_key=True, default_log=f"access.{instance}", key_path=access_key_path(settings)
+        )
         if sequencing is None:
             raise ConfigError("aitrail api logs every read in the tamper-evident trail; integrity.enabled must be true")
         timer = asyncio.create_task(checkpoint_timer(sequencing))
@@ -242,7 +246,7 @@ async def api(settings: Settings) -> AsyncIterator[int]:
             await asyncio.to_thread(sequencing.write, records)
 
         app = create_app(
-            store, pseudonymise=hmac_pseudonymiser(store.secret("pseudonym")), verifier=configured_verifier(settings),
+            store, pseudonymise=hmac_pseudonymiser(store.secret("pseudonym")), verifier=trusted_verifiers(settings) or None,
             oidc=settings.auth.oidc, access_log=AccessLog(append),
         )
         sock = listen(settings.host, settings.api_port)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 
@@ -66,14 +66,27 @@ class AuthSettings(BaseModel):
 
 class IntegritySettings(BaseModel):
     enabled: bool = Field(True, description="Seal records into Merkle logs with signed checkpoints.")
-    signing_key_file: Path | None = Field(
-        None, description="Ed25519 checkpoint signing key; default <data_dir>/keys/log-signing.key."
+    keys_dir: Path | None = Field(
+        None, description="Where this installation's signing keys live, outside the data folder; default "
+                          "$XDG_CONFIG_HOME/aitrail/installations/<id of the data folder> (~/.config/...)."
     )
-    origin: str | None = Field(None, description="Checkpoint origin prefix; default aitrail/<installation id>.")
+    signing_key_file: Path | None = Field(
+        None, description="Ed25519 checkpoint signing key of the logs; default <keys_dir>/log-signing.key."
+    )
+    access_signing_key_file: Path | None = Field(
+        None, description="`aitrail api`'s own key for its access log; default <keys_dir>/access-signing.key."
+    )
+    trusted_keys: list[str] = Field(
+        default_factory=list,
+        description="More verifier keys `aitrail verify` and the API accept (vkey text or .pub files): keys "
+                    "retired by rotation, other processes' access-log keys.",
+    )
+    origin: str | None = Field(None, description="Checkpoint origin prefix; default the signing key's name.")
     checkpoint_every: int = Field(256, gt=0, description="Sign a checkpoint at least every this many leaves.")
     checkpoint_interval_ms: int = Field(1000, gt=0, description="...and at least this often while leaves wait.")
     checkpoint_dir: Path | None = Field(
-        None, description="Append-only checkpoint files outside the store; default <data_dir>/checkpoints."
+        None, description="The checkpoint mirror: append-only files outside the store, one per log; default "
+                          "$XDG_STATE_HOME/aitrail/checkpoints (~/.local/state/...)."
     )
 
 
@@ -106,6 +119,24 @@ class Settings(BaseSettings):
         if value not in ("json", "text"):
             raise ValueError("must be 'json' or 'text'")
         return value
+
+    @model_validator(mode="after")
+    def _custody(self) -> Settings:
+        """Keys and the checkpoint mirror default to places outside the data folder, so that
+        whoever holds the folder can neither re-sign a log nor rewrite its mirrored checkpoints.
+        Resolved here, once, like every other setting."""
+        import hashlib
+        import os
+
+        integrity = self.integrity
+        if integrity.keys_dir is None:
+            config_home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+            folder = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:16]
+            integrity.keys_dir = config_home / "aitrail" / "installations" / folder
+        if integrity.checkpoint_dir is None:
+            state_home = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+            integrity.checkpoint_dir = state_home / "aitrail" / "checkpoints"
+        return self
 
     @classmethod
     def settings_customise_sources(

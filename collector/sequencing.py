@@ -8,13 +8,12 @@ plan is dropped and the same records are planned again, giving the same leaves.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from aitrail.custody import CheckpointMirror
 from aitrail.integrity.note import Signer
 from aitrail.integrity.sequencer import LogSequencer, LogUpdate, SignedCheckpoint, new_log
 from aitrail.schemas.record import AuditRecord
@@ -30,34 +29,6 @@ def log_id_for(record: AuditRecord, default: str = LOCAL_LOG) -> str:
     return default if position is None else f"{position.topic}.{position.partition}"
 
 
-class CheckpointFile:
-    """The append-only copy of every signed checkpoint, outside the store: one JSON object a
-    line per log, fsync'd, so an administrator who rewrites the store cannot also rewrite
-    the checkpoints an auditor compares against."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
-
-    def append(self, checkpoints: Sequence[SignedCheckpoint]) -> None:
-        by_log: dict[str, list[SignedCheckpoint]] = {}
-        for cp in checkpoints:
-            by_log.setdefault(cp.log_id, []).append(cp)
-        for log_id, items in by_log.items():
-            path = self.directory / f"{log_id}.jsonl"
-            with open(path, "a", encoding="utf-8") as out:
-                for cp in items:
-                    out.write(json.dumps(cp.to_dict(), sort_keys=True) + "\n")
-                out.flush()
-                os.fsync(out.fileno())
-
-    def read(self, log_id: str) -> list[SignedCheckpoint]:
-        path = self.directory / f"{log_id}.jsonl"
-        if not path.exists():
-            return []
-        return [SignedCheckpoint.from_dict(json.loads(line)) for line in path.read_text("utf-8").splitlines() if line]
-
-
 class Sequencing:
     """Seals records into their logs and stores them with the log updates. Thread-safe: one
     lock serialises batches and timer checkpoints (each log has one writer)."""
@@ -70,7 +41,7 @@ class Sequencing:
         *,
         checkpoint_every: int = 256,
         checkpoint_interval_s: float = 1.0,
-        checkpoint_file: CheckpointFile | None = None,
+        checkpoint_file: CheckpointMirror | None = None,
         default_log: str = LOCAL_LOG,
     ) -> None:
         self.store = store
@@ -186,63 +157,30 @@ class Sequencing:
             self._file.append(checkpoints)
 
 
-def signing_key_path(settings) -> Path:
-    return settings.integrity.signing_key_file or Path(settings.data_dir) / "keys" / "log-signing.key"
-
-
-def public_key_path(settings) -> Path:
-    return signing_key_path(settings).with_suffix(".pub")
-
-
-def default_origin(settings, store: Store) -> str:
-    return settings.integrity.origin or f"aitrail/{store.secret('installation')[:6].hex()}"
-
-
-def ensure_signing_key(settings, store: Store) -> Signer:
-    """The configured checkpoint signing key, created (with its .pub) when missing."""
-    from aitrail.integrity.keys import create_signing_key, load_signer
-
-    path = signing_key_path(settings)
-    if path.exists():
-        return load_signer(path)
-    signer = create_signing_key(path.parent, path.stem, key_name=default_origin(settings, store))
-    log.info("created checkpoint signing key %s; public key: %s", path, signer.verifier().to_vkey())
-    return signer
-
-
-def open_sequencing(settings, store: Store, *, create_key: bool, default_log: str = LOCAL_LOG) -> Sequencing | None:
+def open_sequencing(
+    settings, store: Store, *, create_key: bool, default_log: str = LOCAL_LOG, key_path: Path | None = None
+) -> Sequencing | None:
     """The sequencing of this process, or None when integrity is switched off. Services that
-    must share one key (collector replicas) do not create it: `aitrail keys signing --create`."""
+    must share one key (collector replicas) do not create it: `aitrail keys signing --create`.
+    `key_path`: another key than the logs' (`aitrail api` signs its access log with its own)."""
+    from aitrail.custody import CheckpointMirror, ensure_key, ensure_signing_key, load_key, signing_key_path
     from aitrail.errors import ConfigError
-    from aitrail.integrity.keys import load_signer
 
     if not settings.integrity.enabled:
         return None
-    path = signing_key_path(settings)
+    path = key_path or signing_key_path(settings)
     if create_key:
-        signer = ensure_signing_key(settings, store)
+        signer = ensure_key(path, name=settings.integrity.origin) if key_path else ensure_signing_key(settings)
     elif not path.exists():
         raise ConfigError(
             f"no checkpoint signing key at {path}; create it once with `aitrail keys signing --create` "
             "and give every collector the same file (integrity.signing_key_file)"
         )
     else:
-        signer = load_signer(path)
-    checkpoint_dir = settings.integrity.checkpoint_dir or Path(settings.data_dir) / "checkpoints"
+        signer = load_key(path, "checkpoint signing key")
     return Sequencing(
         store, signer, settings.integrity.origin or signer.name,
         checkpoint_every=settings.integrity.checkpoint_every,
         checkpoint_interval_s=settings.integrity.checkpoint_interval_ms / 1000,
-        checkpoint_file=CheckpointFile(checkpoint_dir), default_log=default_log,
+        checkpoint_file=CheckpointMirror(settings.integrity.checkpoint_dir), default_log=default_log,
     )
-
-
-def configured_verifier(settings, public_key: str | None = None):
-    """The verifier for `public_key` (a vkey or a .pub file), else the .pub beside the
-    configured signing key; None when there is none."""
-    from aitrail.integrity.keys import load_verifier
-
-    if public_key:
-        return load_verifier(public_key)
-    path = public_key_path(settings)
-    return load_verifier(path) if path.exists() else None

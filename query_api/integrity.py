@@ -23,7 +23,7 @@ class Proof:
 
 
 class Proofs:
-    def __init__(self, store: Store, verifier: Verifier | None) -> None:
+    def __init__(self, store: Store, verifier: Verifier | list[Verifier] | None) -> None:
         self.store = store
         self.verifier = verifier
 
@@ -54,7 +54,7 @@ class Proofs:
 
     def report(self, records: list[AuditRecord]) -> dict[str, Any]:
         """Each record's status, and one status for the whole set."""
-        if self.verifier is None:
+        if not self.verifier:
             return {"status": "unverifiable", "reason": "no public key configured (integrity.signing_key_file)",
                     "records": {}}
         statuses: dict[str, dict[str, str]] = {}

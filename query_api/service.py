@@ -459,7 +459,7 @@ class QueryService:
             raise NotFound(f"no record {record_id}")
         proof = self.proofs.proof(record)
         status = "unverifiable"
-        if self.proofs.verifier is not None:
+        if self.proofs.verifier:
             status = str(verify_record(record, proof.path, proof.checkpoint.note, self.proofs.verifier).status)
         return ProofOut(
             record_id=record.record_id, log_id=record.log_id, leaf_index=record.leaf_index, leaf_hash=record.leaf_hash,

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -8,6 +10,12 @@ import pytest
 from aitrail.store.sqlite import SqliteStore
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Signing keys and the checkpoint mirror live outside the data folder, under the XDG
+# folders (aitrail.custody): keep the tests' own out of the user's home. Subprocesses inherit it.
+_CUSTODY = Path(tempfile.mkdtemp(prefix="aitrail-test-custody-"))
+os.environ["XDG_CONFIG_HOME"] = str(_CUSTODY / "config")
+os.environ["XDG_STATE_HOME"] = str(_CUSTODY / "state")
 
 
 def _sqlite(request):

@@ -287,7 +287,7 @@ def wait_verified(server, keys, trace_id):
 
 
 def test_replay_reports_integrity_and_proofs_verify_offline(server, keys):
-    from aitrail.collector.sequencing import public_key_path
+    from aitrail.custody import public_key_path
     from aitrail.integrity import merkle
     from aitrail.integrity.keys import load_verifier
     from aitrail.integrity.note import open_checkpoint

@@ -470,16 +470,17 @@ def sign_checkpoint(checkpoint: Checkpoint, signer: Signer) -> str:
 
 
 def open_checkpoint(
-    note: str | bytes, verifier: Verifier, *, origin: str | None = None
+    note: str | bytes, verifier: Verifier | Iterable[Verifier], *, origin: str | None = None
 ) -> Checkpoint:
     """Verify a signed checkpoint against the log's ``verifier`` and parse its body.
 
-    Requires a valid signature by ``verifier``; other signatures (e.g. witnesses) are
-    ignored. If ``origin`` is given, the origin line must equal it. Raises
+    Requires a valid signature by ``verifier`` (or by one of several trusted verifiers:
+    a key and the keys it replaced); other signatures (e.g. witnesses) are ignored. If ``origin`` is given, the origin line must equal it. Raises
     MalformedNoteError, UnknownKeyError (not signed by ``verifier``),
     InvalidSignatureError, MalformedCheckpointError or OriginMismatchError.
     """
-    checkpoint = Checkpoint.from_text(open_note(note, [verifier]).text)
+    verifiers = [verifier] if isinstance(verifier, Verifier) else list(verifier)
+    checkpoint = Checkpoint.from_text(open_note(note, verifiers).text)
     if origin is not None and checkpoint.origin != origin:
         raise OriginMismatchError(
             f"checkpoint origin {checkpoint.origin!r}, want {origin!r}"
