@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field, field_validator, model_validator
+from aitrail.tenancy import TENANT_PATTERN
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 
@@ -40,7 +41,9 @@ class OpenSearchSettings(BaseModel):
 
 
 class CollectorSettings(BaseModel):
-    default_tenant: str = Field("default", description="Tenant for messages without an aitrail-tenant header.")
+    default_tenant: str = Field(
+        "default", pattern=f"^{TENANT_PATTERN}$", description="Tenant for messages without an aitrail-tenant header."
+    )
     batch_max_messages: int = Field(500, gt=0, description="Most OTLP payloads handled as one batch.")
     batch_max_wait_ms: int = Field(200, ge=0, description="Longest wait for Kafka to fill a batch.")
     http_port: int = Field(8081, ge=0, le=65535, description="The collector's /metrics, /healthz and /readyz.")
