@@ -22,7 +22,26 @@ checkpoint forged           ``BAD_CHECKPOINT`` (signature, key, syntax, origin, 
 checkpoints disagree        ``CONFLICTING_CHECKPOINTS`` (one size, two signed roots) and
                             ``INCONSISTENT_CHECKPOINTS`` (a signed root that is not a prefix of
                             a later signed tree the records reproduce)
+content stripped            ``UNEXPLAINED_ERASURE`` (record): erased, but no sealed erasure or
+                            retention record covers it (:mod:`.coverage`; with ``erasures``)
 =========================  ===================================================================
+
+Checkpoints kept outside the store (``external``: the mirror, an auditor's ``--trusted``
+file, :mod:`.trusted`) are checked like stored ones, signature first, and also catch what a
+store rewritten as a whole hides:
+
+=========================  ===================================================================
+log rolled back/truncated   ``ROLLED_BACK``: the store's log is shorter than a kept checkpoint
+log forked or re-signed     ``FORKED``: the records rebuild a different root at a kept size
+log wiped                   ``LOG_MISSING`` (:func:`verify_logs`): a known log without records
+mirror entry not in store   ``MIRROR_MISSING`` / ``MIRROR_DIFFERS``: the store lost or changed a
+                            checkpoint the mirror holds
+=========================  ===================================================================
+
+A kept checkpoint the records reproduce authenticates the tree at its size like a stored
+one, and the consistency proof from it to the next verified checkpoint (built from the
+rebuilt tree, checked against both signed roots) must verify, so every kept checkpoint is
+proven to be a prefix of the store's newest verified tree.
 
 Leaves after the last checkpoint (at most ~1 s of traffic) are checked record by record
 but cannot be checked against a signature yet; :attr:`LogReport.uncovered` counts them.
@@ -44,9 +63,11 @@ from typing import Protocol, runtime_checkable
 from aitrail.schemas.record import AuditRecord
 
 from . import merkle
+from .coverage import ErasureStatus, Explanation
 from .leaf import LeafStatus, recompute
 from .note import NoteError, Verifier, open_checkpoint
 from .sequencer import SignedCheckpoint
+from .trusted import ExternalCheckpoint, by_log
 
 __all__ = [
     "Failure",
@@ -58,6 +79,7 @@ __all__ = [
     "RecordStatus",
     "verify_all",
     "verify_log",
+    "verify_logs",
     "verify_record",
 ]
 
@@ -113,6 +135,20 @@ class FailureKind(StrEnum):
     BAD_CHECKPOINT = "bad_checkpoint"
     CONFLICTING_CHECKPOINTS = "conflicting_checkpoints"
     INCONSISTENT_CHECKPOINTS = "inconsistent_checkpoints"
+    UNEXPLAINED_ERASURE = "unexplained_erasure"
+    ROLLED_BACK = "rolled_back"
+    FORKED = "forked"
+    LOG_MISSING = "log_missing"
+    MIRROR_MISSING = "mirror_missing"
+    MIRROR_DIFFERS = "mirror_differs"
+
+
+@runtime_checkable
+class ErasureJudge(Protocol):
+    """Says whether an erased record's absent content has a sealed reason
+    (:class:`.coverage.ErasureCoverage`)."""
+
+    def explain(self, record: AuditRecord) -> Explanation: ...
 
 
 _CHANGES_LEAF = frozenset(
@@ -156,6 +192,10 @@ class LogReport:
     """Largest tree size whose signed root the records reproduce."""
     uncovered: int = 0
     """Leaves past the largest valid checkpoint: checked record by record only."""
+    external_checked: int = 0
+    """Validly signed checkpoints kept outside the store (mirror, trusted files) compared."""
+    erasures_pending: int = 0
+    """Erased records whose covering record no checkpoint covers yet (counted in ``erased``)."""
 
     @property
     def ok(self) -> bool:
@@ -180,6 +220,8 @@ class _Cp:
     size: int
     root: bytes
     origin: str
+    source: str | None = None
+    """Where a checkpoint kept outside the store came from; None for the store's own."""
 
 
 @dataclass(slots=True)
@@ -208,9 +250,16 @@ class _LogVerifier:
         log_id: str,
         origin: str | None,
         progress: Callable[[int, int], None] | None,
+        external: Sequence[ExternalCheckpoint] = (),
+        erasures: ErasureJudge | None = None,
     ) -> None:
         self.reader, self.verifier, self.log_id = reader, verifier, log_id
         self.origin, self.progress = origin, progress
+        self.external, self.erasures = list(external), erasures
+        self.stored_notes: dict[int, set[str]] = {}
+        self.beyond: list[_Cp] = []  # kept checkpoints larger than the store's log
+        self.forks: dict[str, tuple[int, list[int]]] = {}  # source -> (failure index, sizes)
+        self.max_index = -1
         self.node_reader = reader if isinstance(reader, NodeReader) else None
         self.report = LogReport(log_id)
         self.base = merkle.CompactRange()
@@ -256,6 +305,7 @@ class _LogVerifier:
         opened: list[_Cp] = []
         for sc in self.reader.checkpoints(self.log_id):
             self.report.checkpoints_checked += 1
+            self.stored_notes.setdefault(sc.size, set()).add(sc.note)
             try:
                 cp = open_checkpoint(sc.note, self.verifier)
             except NoteError as e:
@@ -297,6 +347,62 @@ class _LogVerifier:
                 )
         return kept
 
+    def open_external(self, log_size: int) -> list[_Cp]:
+        """Kept checkpoints: the mirror's must be in the store unchanged; each must be signed
+        by a trusted key; those larger than the store's log are set aside (rolled back)."""
+        missing: dict[str, list[int]] = {}
+        opened: list[_Cp] = []
+        for item in self.external:
+            sc = item.checkpoint
+            if item.mirrored:
+                stored = self.stored_notes.get(sc.size)
+                if not stored:
+                    missing.setdefault(item.source, []).append(sc.size)
+                elif sc.note not in stored:
+                    self.fail(FailureKind.MIRROR_DIFFERS,
+                              f"checkpoint for size {sc.size} differs between the store and {item.source}", size=sc.size)
+            try:
+                cp = open_checkpoint(sc.note, self.verifier)
+            except NoteError as e:
+                self.fail(FailureKind.BAD_CHECKPOINT, f"checkpoint for size {sc.size} kept in {item.source} rejected: {e}",
+                          size=sc.size)
+                continue
+            if not cp.origin.endswith("/" + self.log_id):
+                self.fail(FailureKind.BAD_CHECKPOINT,
+                          f"checkpoint kept in {item.source} has origin {cp.origin!r}, not one of log {self.log_id!r}",
+                          size=cp.size)
+                continue
+            self.report.external_checked += 1
+            kept = _Cp(cp.size, cp.root_hash, cp.origin, item.source)
+            (self.beyond if cp.size > log_size else opened).append(kept)
+        for source, sizes in missing.items():
+            sizes = sorted(set(sizes))
+            listed = ", ".join(map(str, sizes[:8])) + (" ..." if len(sizes) > 8 else "")
+            self.fail(FailureKind.MIRROR_MISSING,
+                      f"{len(sizes)} checkpoint(s) in {source} missing from the store: size(s) {listed}", size=sizes[-1])
+        return opened
+
+    def forked(self, cp: _Cp, leaves: list[bytes | None]) -> None:
+        """A kept checkpoint the records do not reproduce: one finding per source."""
+        assert cp.source is not None
+        entry = self.forks.get(cp.source)
+        if entry is None:
+            entry = self.forks[cp.source] = (len(self.report.failures), [])
+            self.report.failures.append(Failure(None, None, "", FailureKind.FORKED, cp.size))
+        at, sizes = entry
+        sizes.append(cp.size)
+        which = f"size {sizes[0]}" if len(sizes) == 1 else f"{len(sizes)} sizes {sizes[0]}..{sizes[-1]}"
+        self.report.failures[at] = Failure(
+            None, None,
+            f"the log rebuilt from the stored records does not reproduce the root signed at {which} in the "
+            f"checkpoint(s) kept in {cp.source}: the log was forked or rewritten (re-signed, or records altered: "
+            "see the other findings)",
+            FailureKind.FORKED, sizes[0],
+        )
+        if leaves:
+            self.base.extend(_PLACEHOLDER if h is None else h for h in leaves)
+            self.base_authentic = False
+
     def choose(self, index: int) -> tuple[bytes | None, list[_Cand]]:
         """The leaf to use at ``index`` and all its candidate records (chosen first)."""
         cands = self.pending.pop(index, [])
@@ -322,7 +428,9 @@ class _LogVerifier:
         if not leaves and self.base_authentic:
             # The tree at this size is already authenticated (by another checkpoint, or it
             # is empty): this signed root contradicts it. Conflicts were reported already.
-            if size not in self.conflicts:
+            if cp.source is not None:
+                self.forked(cp, leaves)
+            elif size not in self.conflicts:
                 self.fail(
                     FailureKind.INCONSISTENT_CHECKPOINTS,
                     f"signed root {cp.root.hex()} differs from the log's verified root at this size",
@@ -443,6 +551,8 @@ class _LogVerifier:
         return False
 
     def mismatch(self, cp: _Cp, leaves: list[bytes | None]) -> None:
+        if cp.source is not None:
+            return self.forked(cp, leaves)
         if self.run is None:
             self.run = _Run(len(self.report.failures), self.base.size, [cp.size])
             self.report.failures.append(Failure(None, None, "", FailureKind.ROOT_MISMATCH, cp.size))
@@ -501,8 +611,10 @@ class _LogVerifier:
         self.report.records_checked += 1
         check = recompute(record)
         rid, index = record.record_id, record.leaf_index
-        if check.erased:
-            self.report.erased += 1
+        if index is not None:
+            self.max_index = max(self.max_index, index)
+        if check.erased and check.content_ok is not False:
+            self.check_erasure(record)
         if record.log_id is not None and record.log_id != self.log_id:
             self.fail(
                 FailureKind.WRONG_LOG, f"record says log {record.log_id!r}, stored in log {self.log_id!r}", rid, index
@@ -530,9 +642,25 @@ class _LogVerifier:
         if check.leaf_hash is not None:  # an unsealed record holds no leaf (reported above)
             self.pending.setdefault(index, []).append(_Cand(rid, check.leaf_hash, check.stored_leaf_matches))
 
+    def check_erasure(self, record: AuditRecord) -> None:
+        if self.erasures is None:
+            self.report.erased += 1
+            return
+        explanation = self.erasures.explain(record)
+        if explanation.status == ErasureStatus.UNEXPLAINED:
+            self.fail(FailureKind.UNEXPLAINED_ERASURE, explanation.reason, record.record_id, record.leaf_index)
+            return
+        self.report.erased += 1
+        if explanation.status == ErasureStatus.PENDING:
+            self.report.erasures_pending += 1
+
     def run_all(self) -> LogReport:
         cps = self.open_checkpoints()
         total = self.reader.log_size(self.log_id)
+        if self.external:
+            # Stored checkpoints first at equal sizes: a kept one is then compared with the
+            # store's signed tree at that size.
+            cps = sorted(cps + self.open_external(total), key=lambda c: (c.size, c.source is not None))
         k = 0
         for record in self.reader.records_in_log(self.log_id):
             index = record.leaf_index
@@ -588,15 +716,28 @@ class _LogVerifier:
             self.report.failures.append(Failure(None, a, what, FailureKind.MISSING))
         if self.run is not None:
             self.describe_run(FailureKind.ROOT_MISMATCH)
+        largest: dict[str, int] = {}
+        for cp in self.beyond:
+            largest[cp.source or ""] = max(largest.get(cp.source or "", 0), cp.size)
+        for source, kept in sorted(largest.items()):
+            held = f"{size} leaves" + (f" (records up to leaf {self.max_index})" if self.max_index >= 0 else ", no records")
+            self.fail(
+                FailureKind.ROLLED_BACK,
+                f"log is shorter than the checkpoint for size {kept} kept in {source}: the store's log has {held}; "
+                "it was rolled back (an older copy restored) or truncated",
+                size=kept,
+            )
 
 
 def verify_log(
     reader: IntegrityReader,
-    verifier: Verifier,
+    verifier: Verifier | Sequence[Verifier],
     log_id: str,
     *,
     origin: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    external: Sequence[ExternalCheckpoint] = (),
+    erasures: ErasureJudge | None = None,
 ) -> LogReport:
     """Verify one log end to end; see the module docstring for what is detected.
 
@@ -605,8 +746,50 @@ def verify_log(
     thousand records and at the end. Reads checkpoints first, then streams records, then
     reads the log size: on a live log, records appended meanwhile past the read log size
     are reported as ``BEYOND_LOG``; verify a quiet log or rerun to confirm.
+
+    ``external``: this log's checkpoints kept outside the store (read them before the
+    store: whatever the mirror holds, a live store already holds). ``erasures``: judges
+    every erased record (``UNEXPLAINED_ERASURE`` unless covered); without it erased
+    records are only counted (``aitrail verify`` always passes one).
     """
-    return _LogVerifier(reader, verifier, log_id, origin, progress).run_all()
+    return _LogVerifier(reader, verifier, log_id, origin, progress, external, erasures).run_all()
+
+
+def verify_logs(
+    reader: IntegrityReader,
+    verifier: Verifier | Sequence[Verifier],
+    *,
+    log_ids: Sequence[str] | None = None,
+    external: Sequence[ExternalCheckpoint] = (),
+    erasures: ErasureJudge | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> list[LogReport]:
+    """:func:`verify_log` for the union of the logs the store knows and the logs the
+    ``external`` checkpoints name (or only ``log_ids``). A log with no records fails
+    (``LOG_MISSING``) once the store or a validly signed kept checkpoint names it: wiping a
+    log, or the whole store, is loss."""
+    kept = by_log(external)
+    stored = set(reader.log_ids())
+    ids = list(log_ids) if log_ids is not None else sorted(stored | set(kept))
+    reports = []
+    for log_id in ids:
+        cb = (lambda done, total, _l=log_id: progress(_l, done, total)) if progress else None
+        report = verify_log(reader, verifier, log_id, progress=cb, external=kept.get(log_id, ()), erasures=erasures)
+        if report.records_checked == 0 and (log_id in stored or report.external_checked):
+            sources = sorted({e.source for e in kept.get(log_id, ())})
+            if log_id in stored:
+                what = f"the store knows this log (size {report.size}) but holds none of its records"
+            else:
+                what = "log is missing from the store entirely (no records, no log state)"
+                # every kept checkpoint is "beyond" and "missing from" an absent log: say it once
+                report.failures = [
+                    f for f in report.failures if f.kind not in (FailureKind.ROLLED_BACK, FailureKind.MIRROR_MISSING)
+                ]
+            if sources:
+                what += "; named by " + ", ".join(sources)
+            report.failures.append(Failure(None, None, what + ": wiped or deleted", FailureKind.LOG_MISSING))
+        reports.append(report)
+    return reports
 
 
 def verify_all(
