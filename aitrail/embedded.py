@@ -96,7 +96,7 @@ async def embedded(settings: Settings) -> AsyncIterator[Embedded]:
     async with contextlib.AsyncExitStack() as stack:
         store = SqliteStore.in_dir(settings.data_dir)
         stack.callback(store.close)
-        metrics = Metrics()
+        metrics = Metrics(tenant_labels=settings.metrics.tenant_labels)
         prices = PriceTable.load(settings.prices_file)
         pseudonymise = hmac_pseudonymiser(store.secret("pseudonym"))
 
@@ -124,7 +124,9 @@ async def embedded(settings: Settings) -> AsyncIterator[Embedded]:
         )
         tasks = [collector]
         if sequencing is not None:
-            tasks.append(asyncio.create_task(checkpoint_timer(sequencing)))
+            tasks.append(asyncio.create_task(
+                checkpoint_timer(sequencing, on_error=metrics.background_errors.labels("checkpoints").inc)
+            ))
 
         async def stop_collector() -> None:
             for task in tasks:
@@ -142,7 +144,7 @@ async def embedded(settings: Settings) -> AsyncIterator[Embedded]:
 
         api = create_app(
             store, pseudonymise=pseudonymise, metrics=metrics, verifier=verifier, oidc=settings.auth.oidc,
-            access_log=AccessLog(append),
+            access_log=AccessLog(append), operator_tenant=settings.operator_tenant,
         )
         await serve_app(api, api_sock, stack)
 

@@ -33,7 +33,7 @@ from aitrail.gateway.grpc import otlp_grpc_server
 from aitrail.gateway.http import otlp_http_app
 from aitrail.auth import Authenticator
 from aitrail.gateway.ingest import IngestAuth, ingest_split_by_trace
-from aitrail.metrics import CONTENT_TYPE_LATEST, Metrics
+from aitrail.metrics import CONTENT_TYPE_LATEST, Metrics, require_operator
 from aitrail.query_api.access import AccessLog
 from aitrail.query_api.app import create_app
 from aitrail.settings import Settings
@@ -46,9 +46,12 @@ log = logging.getLogger(__name__)
 KAFKA_MESSAGE_OVERHEAD = 4096
 
 
-def operations_routes(metrics: Metrics, ready: Callable[[], Awaitable[str | None]]) -> list[Route]:
-    """/healthz (the process runs), /readyz (its dependencies answer), /metrics (Prometheus).
-    `ready()` returns None when ready, else what is missing."""
+def operations_routes(
+    metrics: Metrics, ready: Callable[[], Awaitable[str | None]], *, authenticator: Authenticator, operator_tenant: str
+) -> list[Route]:
+    """/healthz (the process runs), /readyz (its dependencies answer), /metrics (Prometheus,
+    for an admin key or token of `operator_tenant` only: the gateway serves it on the OTLP
+    port every tenant reaches). `ready()` returns None when ready, else what is missing."""
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "version": __version__})
@@ -60,6 +63,14 @@ def operations_routes(metrics: Metrics, ready: Callable[[], Awaitable[str | None
         return JSONResponse({"status": "not ready", "reason": problem}, status_code=503)
 
     async def prometheus(request: Request) -> Response:
+        try:
+            await asyncio.to_thread(
+                require_operator, authenticator.principal, operator_tenant, request.headers.get("authorization")
+            )
+        except AitrailError as exc:
+            headers = {"WWW-Authenticate": 'Bearer realm="aitrail"'} if exc.status == 401 else None
+            return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, status_code=exc.status,
+                                headers=headers)
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return [Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", prometheus)]
@@ -91,7 +102,7 @@ async def gateway(settings: Settings) -> AsyncIterator[GatewayPorts]:
     async with contextlib.AsyncExitStack() as stack:
         store = open_store(settings)  # ingest keys
         stack.callback(store.close)
-        metrics = Metrics()
+        metrics = Metrics(tenant_labels=settings.metrics.tenant_labels)
         bus = await _retry_start("Kafka", lambda: KafkaBus(settings.kafka, produce=True).__aenter__())
         stack.push_async_callback(bus.close)
 
@@ -99,12 +110,14 @@ async def gateway(settings: Settings) -> AsyncIterator[GatewayPorts]:
             return None if await bus.ping() else f"Kafka at {settings.kafka.bootstrap_servers} does not answer"
 
         ingest = ingest_split_by_trace(bus, settings.kafka.max_message_bytes - KAFKA_MESSAGE_OVERHEAD)
-        auth = IngestAuth(Authenticator(store.authenticate, settings.auth.oidc), required=settings.ingest.require_auth,
+        authenticator = Authenticator(store.authenticate, settings.auth.oidc)
+        auth = IngestAuth(authenticator, required=settings.ingest.require_auth,
                           anonymous_tenant=settings.collector.default_tenant)
         http_sock = listen(settings.host, settings.otlp_http_port)
         app = otlp_http_app(
             ingest, auth, max_body_bytes=settings.ingest.max_body_bytes, metrics=metrics,
-            extra_routes=operations_routes(metrics, ready),
+            extra_routes=operations_routes(metrics, ready, authenticator=authenticator,
+                                           operator_tenant=settings.operator_tenant),
         )
         await serve_app(app, http_sock, stack)
         grpc_server, grpc_port = otlp_grpc_server(
@@ -117,14 +130,17 @@ async def gateway(settings: Settings) -> AsyncIterator[GatewayPorts]:
 
 
 @contextlib.asynccontextmanager
-async def collector(settings: Settings, *, store=None) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+async def collector(
+    settings: Settings, *, store=None, on_fatal: Callable[[str], None] | None = None
+) -> AsyncIterator[Callable[[], Awaitable[None]]]:
     """Kafka → normalise → OpenSearch. Yields `drain()`: stop taking batches, finish and
-    commit the ones in flight, and return (what SIGTERM does)."""
+    commit the ones in flight, and return (what SIGTERM does). `on_fatal(message)` is called
+    when the collector stops on an error no retry can fix (the CLI then exits non-zero)."""
     async with contextlib.AsyncExitStack() as stack:
         if store is None:
             store = open_store(settings)
             stack.callback(store.close)
-        metrics = Metrics()
+        metrics = Metrics(tenant_labels=settings.metrics.tenant_labels)
         prices = PriceTable.load(settings.prices_file)
         pipeline = Pipeline(
             default_tenant=settings.collector.default_tenant, pricer=pricer_for(prices),
@@ -165,7 +181,11 @@ async def collector(settings: Settings, *, store=None) -> AsyncIterator[Callable
             run_collector(bus.batches(), pipeline, sequencing or store, on_written=written,
                           on_retry=metrics.store_retries.inc, on_dead_letter=dead)
         )
-        timer = asyncio.create_task(checkpoint_timer(sequencing)) if sequencing is not None else None
+        task.add_done_callback(lambda done: _report_stop(done, on_fatal))
+        timer = (
+            asyncio.create_task(checkpoint_timer(sequencing, on_error=metrics.background_errors.labels("checkpoints").inc))
+            if sequencing is not None else None
+        )
 
         async def ready() -> str | None:
             if not await bus.ping():
@@ -180,6 +200,7 @@ async def collector(settings: Settings, *, store=None) -> AsyncIterator[Callable
                     lags = await bus.lag()
                 except Exception as exc:  # Kafka away: keep the last figures, try again later
                     log.debug("consumer lag unavailable: %s", exc)
+                    metrics.background_errors.labels("consumer_lag").inc()
                 else:
                     metrics.consumer_lag.clear()  # partitions this collector no longer owns drop out
                     for tp, lag in lags.items():
@@ -194,13 +215,20 @@ async def collector(settings: Settings, *, store=None) -> AsyncIterator[Callable
                     result = await asyncio.to_thread(store.rollover)
                 except AitrailError as exc:
                     log.warning("rollover check failed: %s", exc.message)
+                    metrics.background_errors.labels("rollover").inc()
+                except Exception:  # a bug must not end the task silently: rollover would stop
+                    log.exception("rollover check failed")
+                    metrics.background_errors.labels("rollover").inc()
                 else:
                     if result.rolled_over:
                         log.info("rolled %s over to %s (%s)", result.old_index, result.new_index, result.conditions)
 
         lag_task = asyncio.create_task(watch_lag())
         rollover_task = asyncio.create_task(watch_rollover()) if hasattr(store, "rollover") else None
-        ops = Starlette(routes=operations_routes(metrics, ready))
+        ops = Starlette(routes=operations_routes(
+            metrics, ready, authenticator=Authenticator(store.authenticate, settings.auth.oidc),
+            operator_tenant=settings.operator_tenant,
+        ))
         await serve_app(ops, listen(settings.host, settings.collector.http_port), stack)
 
         async def drain() -> None:
@@ -225,6 +253,17 @@ async def collector(settings: Settings, *, store=None) -> AsyncIterator[Callable
         yield drain
 
 
+def _report_stop(task: asyncio.Task, on_fatal: Callable[[str], None] | None) -> None:
+    if task.cancelled() or task.exception() is None:
+        return
+    error = task.exception()
+    causes = error.exceptions if isinstance(error, BaseExceptionGroup) else (error,)
+    message = "; ".join(c.message if isinstance(c, AitrailError) else f"{type(c).__name__}: {c}" for c in causes)
+    log.critical("collector stopped: %s", message, exc_info=error)
+    if on_fatal is not None:
+        on_fatal(message)
+
+
 @contextlib.asynccontextmanager
 async def api(settings: Settings) -> AsyncIterator[int]:
     """The query API and web page over the configured store; yields the bound port."""
@@ -239,7 +278,7 @@ async def api(settings: Settings) -> AsyncIterator[int]:
         )
         if sequencing is None:
             raise ConfigError("aitrail api logs every read in the tamper-evident trail; integrity.enabled must be true")
-        timer = asyncio.create_task(checkpoint_timer(sequencing))
+        timer = asyncio.create_task(checkpoint_timer(sequencing, period_s=0.25))
         stack.callback(timer.cancel)
 
         async def append(records) -> None:
@@ -247,7 +286,7 @@ async def api(settings: Settings) -> AsyncIterator[int]:
 
         app = create_app(
             store, pseudonymise=hmac_pseudonymiser(store.secret("pseudonym")), verifier=trusted_verifiers(settings) or None,
-            oidc=settings.auth.oidc, access_log=AccessLog(append),
+            oidc=settings.auth.oidc, access_log=AccessLog(append), operator_tenant=settings.operator_tenant,
         )
         sock = listen(settings.host, settings.api_port)
         await serve_app(app, sock, stack)

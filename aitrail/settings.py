@@ -56,8 +56,13 @@ class IngestSettings(BaseModel):
 
 class OidcSettings(BaseModel):
     issuer: str | None = Field(None, description="Expected `iss`; OIDC tokens are refused while unset.")
-    audience: str | None = Field(None, description="Expected `aud`.")
-    jwks_url: str | None = Field(None, description="The provider's JWKS (https:// or file://).")
+    audience: str | None = Field(None, description="Expected `aud`; required once issuer and jwks_url are set.")
+    jwks_url: str | None = Field(None, description="The provider's JWKS (https:// or file://; http:// is refused).")
+    algorithms: list[str] = Field(
+        ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"],
+        description="Signature algorithms accepted at all; each key is further pinned to its own `alg`.",
+    )
+    ca_file: Path | None = Field(None, description="CA certificates (PEM) for the https JWKS; default the system's.")
     tenant_claim: str = Field("tenant", description="Claim holding the caller's tenant.")
     role_claim: str = Field("aitrail_role", description="Claim holding the role (a string or a list).")
     leeway_s: int = Field(30, ge=0, le=300, description="Clock skew allowed on exp/nbf/iat.")
@@ -65,6 +70,12 @@ class OidcSettings(BaseModel):
 
 class AuthSettings(BaseModel):
     oidc: OidcSettings = OidcSettings()
+
+
+class MetricsSettings(BaseModel):
+    tenant_labels: bool = Field(
+        False, description="Label span counts by tenant on /metrics; off, no metric names a tenant."
+    )
 
 
 class IntegritySettings(BaseModel):
@@ -115,6 +126,12 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     integrity: IntegritySettings = IntegritySettings()
     auth: AuthSettings = AuthSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    operator_tenant: str | None = Field(
+        None, pattern=f"^{TENANT_PATTERN}$",
+        description="Tenant of the installation's operators: its admin keys read /metrics, and requests refused "
+                    "without a valid credential are logged in its access log; default collector.default_tenant.",
+    )
 
     @field_validator("log_format")
     @classmethod
@@ -139,6 +156,12 @@ class Settings(BaseSettings):
         if integrity.checkpoint_dir is None:
             state_home = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
             integrity.checkpoint_dir = state_home / "aitrail" / "checkpoints"
+        return self
+
+    @model_validator(mode="after")
+    def _operator(self) -> Settings:
+        if self.operator_tenant is None:
+            self.operator_tenant = self.collector.default_tenant
         return self
 
     @classmethod

@@ -183,6 +183,8 @@ def end_to_end(url: str, requests: list[bytes], spans: int, clients: int, integr
         if integrity:
             aitrail("keys", "signing", "--create", env=env)
         key = aitrail("keys", "create", "--tenant", TENANT, "--role", "ingest", env=env)
+        # /metrics answers the operator tenant's admins only (operator_tenant: the default tenant)
+        operator = aitrail("keys", "create", "--tenant", "default", "--role", "admin", env=env)
         collector_port = free_port()
         collector = Service(["collector"], env | {"AITRAIL_COLLECTOR__HTTP_PORT": str(collector_port)},
                             workdir / "collector.log", f"http://127.0.0.1:{collector_port}/readyz")
@@ -193,7 +195,9 @@ def end_to_end(url: str, requests: list[bytes], spans: int, clients: int, integr
         services.append(gateway)
         metrics = f"http://127.0.0.1:{collector_port}/metrics"
         # Let the consumer group settle (partitions assigned) before the clock starts.
-        wait_until(lambda: len(re.findall(r"^aitrail_consumer_lag\{", httpx.get(metrics, timeout=5).text, re.M)) >= PARTITIONS,
+        scrape = {"Authorization": f"Bearer {operator}"}
+        wait_until(lambda: len(re.findall(r"^aitrail_consumer_lag\{", httpx.get(metrics, headers=scrape, timeout=5).text,
+                                          re.M)) >= PARTITIONS,
                    60, "partitions assigned", 0.5)
 
         pids = {"collector": collector.pid, "gateway": gateway.pid, **node_pids()}

@@ -1,8 +1,9 @@
 """The query API (FastAPI): answers, replay, records, costs, health and the web page.
 
-Every request is authenticated with `Authorization: Bearer <key>`; the tenant comes from the
-key and is part of every store query. Another tenant's id answers 404 exactly as a missing
-one does.
+Every request to `/v1/*` is authenticated with `Authorization: Bearer <key>` and logged, served
+or refused, by one middleware (`access.AccessMiddleware`); the tenant comes from the key and is
+part of every store query. Another tenant's id answers 404 exactly as a missing one does.
+What each role sees on each endpoint: docs/access.md.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from aitrail import __version__
 from aitrail.auth import Authenticator, require
 from aitrail.errors import AitrailError, Forbidden
 from aitrail.settings import OidcSettings
-from aitrail.metrics import CONTENT_TYPE_LATEST, Metrics
+from aitrail.metrics import CONTENT_TYPE_LATEST, Metrics, require_operator
 from aitrail.store.base import COST_GROUPS, Principal, Role, Store
 
 from aitrail.integrity.note import Verifier
 
-from .access import AccessLog
+from .access import AccessLog, AccessMiddleware, refusal, returned
 from .service import (
     EXAMPLE_RECORD_ID, EXAMPLE_TRACE_ID, AccessLogOut, AnswersOut, CheckpointsOut, CostsOut, ErrorResponse, Health,
     ProofOut, QueryService, Ready, RecordView, TraceOut, WhoAmI, encode_cursor,
@@ -99,8 +100,14 @@ def error_json(status: int, code: str, message: str, headers: dict[str, str] | N
 
 
 def _reader(request: Request, _: Annotated[Any, Security(BEARER)] = None) -> Principal:
-    """The caller, from `Authorization: Bearer <key or token>`; only roles that may read."""
-    principal = request.app.state.authenticator.principal(request.headers.get("authorization"))
+    """The caller, from `Authorization: Bearer <key or token>` as the access middleware
+    authenticated it; only roles that may read."""
+    error = getattr(request.state, "auth_error", None)
+    if error is not None:
+        raise error
+    principal = getattr(request.state, "principal", None)
+    if principal is None:  # a route outside /v1 (the middleware authenticates /v1 only)
+        principal = request.app.state.authenticator.principal(request.headers.get("authorization"))
     if principal.role not in READERS:
         raise Forbidden(f"role '{principal.role}' cannot read audit data; needs role auditor, analyst or admin")
     return principal
@@ -148,10 +155,13 @@ def create_app(
     verifier: Verifier | None = None,
     oidc: OidcSettings | None = None,
     access_log: AccessLog | None = None,
+    operator_tenant: str = "default",
 ) -> FastAPI:
     """`verifier` (the checkpoint signing key's public half) checks proofs for replays;
-    `access_log` records every read (the servers always pass one; without it, reads are
-    not logged — for tests of other things only)."""
+    `access_log` records every request to `/v1/*` (the servers always pass one; without it,
+    reads are not logged — for tests of other things only); `operator_tenant`
+    (settings.operator_tenant): its admins read `/metrics`, and requests refused without a
+    valid credential are logged under it."""
     metrics = metrics or Metrics()
     queries = QueryService(store, pseudonymise=pseudonymise, verifier=verifier)
     app = FastAPI(
@@ -168,6 +178,7 @@ def create_app(
         headers = {"Retry-After": str(RETRY_AFTER_S)} if exc.retriable else {}
         if exc.status == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="aitrail"'
+        refusal(request, exc.message)
         return error_json(exc.status, exc.code, exc.message, headers or None)
 
     @app.exception_handler(RequestValidationError)
@@ -175,6 +186,7 @@ def create_app(
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}" for e in exc.errors()
         )
+        refusal(request, problems)
         return error_json(400, "bad_request", problems)
 
     @app.exception_handler(StarletteHTTPException)
@@ -185,6 +197,7 @@ def create_app(
             message = f"no endpoint {request.url.path}; the API is described at /openapi.json"
         elif exc.status_code == 405:
             message = f"{request.method} is not allowed here; use {(exc.headers or {}).get('Allow', 'GET')}"
+        refusal(request, message)
         return error_json(exc.status_code, code, message, exc.headers)  # 405 carries `Allow`
 
     @app.exception_handler(Exception)
@@ -192,10 +205,6 @@ def create_app(
         log.exception("unexpected error")
         return error_json(500, "internal", "internal error; the server log has the details")
 
-
-    async def logged(principal: Principal, endpoint: str, query: dict[str, Any], ids: list[str]) -> None:
-        if access_log is not None:
-            await access_log.record(principal, endpoint, query, ids)
 
     @app.get(
         "/v1/whoami", response_model=WhoAmI, tags=["identity"], summary="Who am I",
@@ -211,6 +220,7 @@ def create_app(
         | errors(400, *READ_ERRORS),
     )
     async def answers(
+        request: Request,
         principal: Reader,
         q: Annotated[str | None, Query(
             description="Words of the question or answer (full text, any language).", max_length=1000,
@@ -250,11 +260,12 @@ def create_app(
 
         The question this API exists for: *what did our assistant answer last Tuesday at 14:30 (Bangkok
         time) to "what is our refund policy"?* → `q=refund policy&at=last Tuesday 14:30&tz=Asia/Bangkok`.
-        The analyst role sees everything but the question and answer text."""
+        The analyst role sees everything but the question and answer text, and may not search
+        words (`q`: 403)."""
         params = dict(q=q, at=at, tz=tz, window=window, user=user, service=service, model=model, limit=limit,
                       cursor=cursor, visible_to=visible_to, exposed_to=exposed_to)
         result = await run_in_threadpool(queries.answers, principal, **params)
-        await logged(principal, "/v1/answers", params, [a.record_id for a in result.data])
+        returned(request, [a.record_id for a in result.data])
         return result
 
     @app.get(
@@ -263,6 +274,7 @@ def create_app(
         | errors(400, 404, *READ_ERRORS),
     )
     async def trace(
+        request: Request,
         principal: Reader,
         trace_id: Annotated[str, Path(
             description="W3C trace id (32 hex digits; any case) from an answer's `trace_id`.", max_length=256,
@@ -275,8 +287,7 @@ def create_app(
         completion, tool calls, feedback and cost, each with the result of checking it against the
         signed Merkle log."""
         result = await run_in_threadpool(queries.trace, principal, trace_id, visible_to=visible_to)
-        await logged(principal, "/v1/traces/{trace_id}", {"trace_id": trace_id, "visible_to": visible_to},
-                     [r["record_id"] for r in result.records])
+        returned(request, [r["record_id"] for r in result.records])
         return result
 
     @app.get(
@@ -285,11 +296,12 @@ def create_app(
         responses=ok(_example(RecordView), "The record; null fields are left out.")
         | errors(400, 404, *READ_ERRORS, e404=f"no record {EXAMPLE_RECORD_ID}"),
     )
-    async def record(principal: Reader, record_id: RECORD_ID) -> dict[str, Any]:
+    async def record(request: Request, principal: Reader, record_id: RECORD_ID) -> dict[str, Any]:
         """One `AuditRecord` as stored (schemas/audit-record.v1.schema.json), null fields left out.
-        For the analyst role the content fields are left out and named in `redacted`."""
+        For the analyst role the content fields are left out and named in `redacted`, and access
+        records are refused (403), as the access log is."""
         result = await run_in_threadpool(queries.record, principal, record_id)
-        await logged(principal, "/v1/records/{record_id}", {"record_id": record_id}, [record_id])
+        returned(request, [result["record_id"]])
         return result
 
     @app.get(
@@ -297,27 +309,32 @@ def create_app(
         responses=ok(_example(ProofOut), "The proof, the checkpoint it is against and the server's own check.")
         | errors(400, 404, *READ_ERRORS, e404=f"no record {EXAMPLE_RECORD_ID}"),
     )
-    async def proof(principal: Reader, record_id: RECORD_ID) -> ProofOut:
+    async def proof(request: Request, principal: Reader, record_id: RECORD_ID) -> ProofOut:
         """Inclusion proof of the record in its Merkle log, against the newest signed checkpoint.
         Check it offline with the log's public key: `aitrail verify --record ID`. 503 while the
         record is not yet covered by a checkpoint (one follows within seconds)."""
         result = await run_in_threadpool(queries.proof, principal, record_id)
-        await logged(principal, "/v1/records/{record_id}/proof", {"record_id": record_id}, [record_id])
+        returned(request, [result.record_id])
         return result
 
     @app.get(
         "/v1/checkpoints/latest", response_model=CheckpointsOut, tags=["integrity"], summary="Latest checkpoints",
         responses=ok(_example(CheckpointsOut), "The newest signed checkpoint of each log.")
-        | errors(400, 404, *READ_ERRORS, e404="no checkpoint for log acme.7"),
+        | errors(400, 404, *READ_ERRORS, e404="no checkpoint for log acme/aitrail.spans.v1.7"),
     )
     async def checkpoints(
+        request: Request,
         principal: Reader,
         log: Annotated[str | None, Query(
-            description="One log id; default every log.", max_length=256,
-            openapi_examples={"log": {"summary": "One log", "value": "acme.0"}})] = None,
+            description="One of the caller's tenant's log ids; default every log of the tenant.", max_length=256,
+            openapi_examples={"log": {"summary": "One log", "value": "acme/aitrail.spans.v1.0"}})] = None,
     ) -> CheckpointsOut:
-        """Newest signed checkpoint (C2SP signed note) of each log: size, root hash, signature."""
-        return await run_in_threadpool(queries.latest_checkpoints, log)
+        """Newest signed checkpoint (C2SP signed note) of each of the caller's tenant's logs: size,
+        root hash, signature. Another tenant's log answers 404 exactly as a missing one; logs
+        written before logs were per tenant belong to no tenant and are shown to nobody."""
+        result = await run_in_threadpool(queries.latest_checkpoints, principal, log)
+        returned(request, [cp.log_id for cp in result.data])
+        return result
 
     @app.get(
         "/v1/costs", response_model=CostsOut, tags=["costs"], summary="Cost and tokens",
@@ -337,9 +354,7 @@ def create_app(
     ) -> CostsOut:
         """Cost and tokens of completions in a time range, grouped; plus cost per trace and per useful
         action (a trace with positive feedback)."""
-        result = await run_in_threadpool(queries.costs, principal, start=from_, end=to, tz=tz, group_by=group_by)
-        await logged(principal, "/v1/costs", {"from": from_, "to": to, "tz": tz, "group_by": group_by}, [])
-        return result
+        return await run_in_threadpool(queries.costs, principal, start=from_, end=to, tz=tz, group_by=group_by)
 
     @app.get(
         "/v1/access-log", response_model=AccessLogOut, tags=["access"], summary="Who read what",
@@ -347,6 +362,7 @@ def create_app(
         | errors(400, *READ_ERRORS, e403="role 'analyst' may not do this; it needs role admin or auditor"),
     )
     async def access(
+        request: Request,
         principal: Reader,
         from_: FROM = None,
         to: TO = None,
@@ -361,8 +377,7 @@ def create_app(
         result = await run_in_threadpool(
             queries.access_log, principal, start=from_, end=to, tz=tz, limit=limit, cursor=cursor
         )
-        await logged(principal, "/v1/access-log", {"from": from_, "to": to, "limit": limit, "cursor": cursor},
-                     [e.record_id for e in result.data])
+        returned(request, [e.record_id for e in result.data])
         return result
 
     @app.get(
@@ -385,7 +400,11 @@ def create_app(
         return error_json(503, "unavailable", "store unavailable", {"Retry-After": str(RETRY_AFTER_S)})
 
     @app.get("/metrics", tags=["operations"], include_in_schema=False)
-    async def prometheus() -> Response:
+    async def prometheus(request: Request) -> Response:
+        """Prometheus metrics, for the operators only: an admin key of the operator tenant."""
+        await run_in_threadpool(
+            require_operator, app.state.authenticator.principal, operator_tenant, request.headers.get("authorization")
+        )
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", include_in_schema=False)
@@ -407,6 +426,11 @@ def create_app(
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+    # Inside the request counter, so that a read refused for want of its access record
+    # (503) is counted as such.
+    app.add_middleware(AccessMiddleware, authenticate=app.state.authenticator.principal, access_log=access_log,
+                       operator_tenant=operator_tenant)
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next):

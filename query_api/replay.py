@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from aitrail.integrity import leaf
 from aitrail.schemas.canonical import record_to_dict
 from aitrail.schemas.record import AuditRecord, Origin
 from aitrail.store.base import Role
 
-# What an analyst may not read: the words people and models exchanged.
-CONTENT_FIELDS = (
-    "input_messages", "output_messages", "system_instructions", "question", "answer", "template_variables",
-    "tool_arguments", "tool_result", "query_text", "raw_attributes",
-)
+# What an analyst may not read: the words people and models exchanged, which is exactly what a
+# Merkle leaf commits to as content (and erasure removes): the same list, never a copy of it.
+CONTENT_FIELDS = leaf.CONTENT_FIELDS
+DOCUMENT_CONTENT = "snippet"  # each retrieved document's text is content too
 
 
 def merge_fragments(records: list[AuditRecord]) -> list[dict[str, Any]]:
@@ -61,12 +61,15 @@ def causal_order(views: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def for_role(view: dict[str, Any], role: Role) -> dict[str, Any]:
+    """The view (a record's dict, or a replay view) as `role` may see it: for the analyst
+    role without the content fields and document snippets, which `redacted` names (every
+    content field, present or not, so a missing field never reads as "there was none")."""
     if role != Role.ANALYST:
         return view
     redacted = {k: v for k, v in view.items() if k not in CONTENT_FIELDS}
-    for document in redacted.get("documents", []):
-        document.pop("snippet", None)
-    redacted["redacted"] = list(CONTENT_FIELDS) + (["documents.snippet"] if redacted.get("documents") else [])
+    if redacted.get("documents"):
+        redacted["documents"] = [{k: v for k, v in d.items() if k != DOCUMENT_CONTENT} for d in redacted["documents"]]
+    redacted["redacted"] = list(CONTENT_FIELDS) + ([f"documents.{DOCUMENT_CONTENT}"] if redacted.get("documents") else [])
     return redacted
 
 

@@ -11,15 +11,18 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, WithJsonSchema, field_serializer
 from pydantic.json_schema import JsonSchemaValue
 
-from aitrail.errors import BadRequest, NotFound
+from aitrail.errors import BadRequest, Forbidden, NotFound
 from aitrail.schemas.canonical import record_to_dict
-from aitrail.schemas.record import AuditRecord
+from aitrail.schemas.record import AuditRecord, Kind
 from aitrail.store.base import AnswerQuery, CostQuery, Principal, RecordQuery, Role, Store
+from aitrail.tenancy import log_tenant
 
 from aitrail.integrity.note import Verifier
 from aitrail.integrity.verify import verify_record
 
-from .integrity import Proofs
+from aitrail.integrity.views import from_e10, merged_answer
+
+from .integrity import Proofs, answer_integrity, report_strays, sealed_answer_records, without_strays
 from .replay import for_role, merge_fragments, only_visible
 from .timeparse import around, parse_when, parse_window, to_iso
 
@@ -76,6 +79,22 @@ class Money(BaseModel):
         return None if amount is None else format(amount, "f")
 
 
+IntegrityState = Literal["verified", "erased", "failed", "pending", "unsealed", "unverifiable", "partial", "empty"]
+
+
+class IntegrityStatus(BaseModel):
+    """The server's own check of one record against the newest signed checkpoint of its log."""
+
+    model_config = _examples({"status": "verified", "reason": "leaf 0 is in the signed tree of size 1284"})
+
+    status: IntegrityState = Field(
+        description="verified (in the signed tree), erased (content erased, header still verifies), failed (the "
+                    "record or log was altered: `reason` says how), pending (not yet covered by a checkpoint), "
+                    "unsealed (written before integrity was on), unverifiable (no public key configured)."
+    )
+    reason: str | None = None
+
+
 class AnswerOut(BaseModel):
     model_config = _examples(
         {
@@ -85,6 +104,7 @@ class AnswerOut(BaseModel):
             "provider": "openai", "model": "gpt-4o-mini", "input_tokens": 412, "output_tokens": 57,
             "cost": {"amount": "0.0000960000", "currency": "USD"}, "service": "support-bot",
             "user": "u_3f9a1c2e7b5d4a60",
+            "integrity": {"status": "verified", "reason": "leaf 1283 is in the signed tree of size 1284"},
         }
     )
 
@@ -100,6 +120,11 @@ class AnswerOut(BaseModel):
     cost: Money
     service: str | None = Field(description="service.name of the AI application.")
     user: str | None = Field(description="Pseudonym of the user who asked; never the raw id.")
+    integrity: IntegrityStatus = Field(
+        description="The check of the sealed records this answer is read from (the span's and its log-event "
+                    "fragments'), as in a replay; failed also when the derived answers row the search found "
+                    "differs from them (`reason` names the fields: the values shown are the sealed ones)."
+    )
 
 
 class AnswersOut(BaseModel):
@@ -127,8 +152,14 @@ class AccessEntry(BaseModel):
             "record_id": "1e29eec8f5b62ab61f261fa85c107d83", "time": "2026-11-25T09:12:44.019189000Z",
             "key_id": "47cb389ebd0f", "role": "auditor", "endpoint": "/v1/answers",
             "query": {"q": "refund policy", "at": "last Tuesday 14:30", "tz": "Asia/Bangkok", "limit": 20},
-            "ids": [EXAMPLE_RECORD_ID], "count": 1,
-        }
+            "ids": [EXAMPLE_RECORD_ID], "count": 1, "status": 200,
+        },
+        {
+            "record_id": "5c0d7e3b1f2a4e6d8c9b0a1f2e3d4c5b", "time": "2026-11-25T09:13:02.551021000Z",
+            "key_id": None, "role": None, "endpoint": "/v1/traces/{trace_id}",
+            "query": {"trace_id": EXAMPLE_TRACE_ID}, "ids": [], "count": 0, "status": 401,
+            "reason": "unknown or revoked key", "claimed_key_id": "47cb389ebd0f",
+        },
     )
 
     record_id: str = Field(description="The `access` record itself, sealed in the Merkle log like any other.")
@@ -139,6 +170,15 @@ class AccessEntry(BaseModel):
     query: dict[str, Any] = Field(default_factory=dict, description="Parameters of the read (nulls dropped).")
     ids: list[str] = Field(default_factory=list, description="Record or trace ids the read returned (at most 500).")
     count: int | None = Field(None, description="How many ids the read returned, also past the 500 kept in `ids`.")
+    status: int | None = Field(
+        None, description="HTTP status of the answer (200 served; 400, 401, 403, 404 refused; 503 not served). "
+                          "Reads through the `aitrail` command carry the status the same read would have had.")
+    reason: str | None = Field(None, description="Why the request was refused, as its error message said.")
+    claimed_key_id: str | None = Field(
+        None, description="Refused without a valid credential: the key id the request presented (unverified).")
+    cli: dict[str, Any] | None = Field(
+        None, description="Reads through the `aitrail` command: the operating-system user, uid, host and "
+                          "process id that read.")
 
 
 class AccessLogOut(BaseModel):
@@ -155,22 +195,6 @@ class WhoAmI(BaseModel):
     tenant: str = Field(description="Tenant of the key or token; every query is limited to it.")
     role: str = Field(description="ingest, auditor, analyst or admin.")
     key_id: str = Field(description="Id of the API key, or `oidc:<subject>` for an OIDC token.")
-
-
-IntegrityState = Literal["verified", "erased", "failed", "pending", "unsealed", "unverifiable", "partial", "empty"]
-
-
-class IntegrityStatus(BaseModel):
-    """The server's own check of one record against the newest signed checkpoint of its log."""
-
-    model_config = _examples({"status": "verified", "reason": "leaf 0 is in the signed tree of size 1284"})
-
-    status: IntegrityState = Field(
-        description="verified (in the signed tree), erased (content erased, header still verifies), failed (the "
-                    "record or log was altered: `reason` says how), pending (not yet covered by a checkpoint), "
-                    "unsealed (written before integrity was on), unverifiable (no public key configured)."
-    )
-    reason: str | None = None
 
 
 class RecordView(AuditRecord):
@@ -361,6 +385,19 @@ class Ready(BaseModel):
     status: Literal["ready"] = Field(description="The store answers; otherwise the answer is 503.")
 
 
+ACCESS_LOG_READERS = (Role.ADMIN, Role.AUDITOR)
+
+
+def _access_entry(record: AuditRecord) -> AccessEntry:
+    details = record.details or {}
+    return AccessEntry(
+        record_id=record.record_id, time=record.start_time, key_id=details.get("key_id"), role=details.get("role"),
+        endpoint=details.get("endpoint"), query=details.get("query") or {}, ids=details.get("ids") or [],
+        count=details.get("count"), status=details.get("status"), reason=details.get("reason"),
+        claimed_key_id=details.get("claimed_key_id"), cli=details.get("cli"),
+    )
+
+
 def encode_cursor(time: str | None, record_id: str) -> str:
     return base64.urlsafe_b64encode(orjson.dumps([time or "", record_id])).decode().rstrip("=")
 
@@ -406,6 +443,9 @@ class QueryService:
         visible_to: str | None = None,
         exposed_to: str | None = None,
     ) -> AnswersOut:
+        if q and principal.role == Role.ANALYST:
+            raise Forbidden("role 'analyst' may not search the content of questions and answers (q); "
+                            "it needs role auditor or admin")
         start = end = None
         if at is not None:
             low, high = around(parse_when(at, tz), parse_window(window))
@@ -421,16 +461,29 @@ class QueryService:
                 exposed_to=tags(exposed_to),
             )
         )
+        # The derived view found and ordered the page; what it shows is read from the sealed
+        # records (one batched read, one proof computation for the page) and checked against it.
+        spans = [(a.trace_id, a.span_id) for a in page.answers]
+        sealed, strays = sealed_answer_records(
+            principal.tenant, self.store.answer_records(principal.tenant, spans) if spans else {}
+        )
+        report = self.proofs.report([r for key in dict.fromkeys(spans) for r in sealed.get(key, [])])
         redact = principal.role == Role.ANALYST
-        data = [
-            AnswerOut(
-                record_id=a.record_id, trace_id=a.trace_id, time=a.time,
-                question=None if redact else a.question, answer=None if redact else a.answer,
-                provider=a.provider, model=a.model, input_tokens=a.input_tokens, output_tokens=a.output_tokens,
-                cost=Money(amount=a.cost_amount, currency=a.cost_currency), service=a.service, user=a.user,
-            )
-            for a in page.answers
-        ]
+        data = []
+        for a in page.answers:
+            records = sealed.get((a.trace_id, a.span_id), [])
+            merged = merged_answer(records)
+            integrity = answer_integrity(a, records, merged, strays.get((a.trace_id, a.span_id), 0), report)
+            shown = merged or {"record_id": a.record_id}
+            cost = shown.get("cost_e10")
+            data.append(AnswerOut(
+                record_id=shown["record_id"], trace_id=a.trace_id, time=shown.get("time"),
+                question=None if redact else shown.get("question"), answer=None if redact else shown.get("answer"),
+                provider=shown.get("provider"), model=shown.get("model"), input_tokens=shown.get("input_tokens"),
+                output_tokens=shown.get("output_tokens"),
+                cost=Money(amount=None if cost is None else from_e10(cost), currency=shown.get("cost_currency")),
+                service=shown.get("service"), user=shown.get("user"), integrity=IntegrityStatus(**integrity),
+            ))
         last = page.answers[-1] if len(page.answers) == limit else None
         return AnswersOut(
             data=data, count=page.count, window={"from": start, "to": end},
@@ -439,10 +492,12 @@ class QueryService:
 
     def trace(self, principal: Principal, trace_id: str, *, visible_to: str | None = None) -> TraceOut:
         trace_id = trace_id.lower()
-        records = self.store.trace(principal.tenant, trace_id)
+        # Found by the store's trace and tenant columns: a record whose sealed body says
+        # otherwise was moved here by editing them, and is left out.
+        records, strays = without_strays(self.store.trace(principal.tenant, trace_id), principal.tenant, trace_id)
         if not records:
             raise NotFound(f"no trace {trace_id}")
-        report = self.proofs.report(records)
+        report = report_strays(self.proofs.report(records), strays, principal.tenant)
         views = []
         for view in merge_fragments(records):
             checks = [report["records"][rid] for rid in view["fragments"] if rid in report["records"]]
@@ -467,10 +522,17 @@ class QueryService:
             inclusion_proof=[h.hex() for h in proof.path], checkpoint=proof.checkpoint.note, status=status,
         )
 
-    def latest_checkpoints(self, log_id: str | None = None) -> CheckpointsOut:
-        log_ids = [log_id] if log_id else self.store.log_ids()
+    def latest_checkpoints(self, principal: Principal, log_id: str | None = None) -> CheckpointsOut:
+        """The newest checkpoint of each of the caller's tenant's logs (`log_tenant`). Logs
+        without a tenant (written before logs were per tenant) are shown to nobody: they mix
+        tenants. Another tenant's log is refused before the store is asked, exactly as a
+        missing one."""
+        if log_id is not None:
+            log_ids = [log_id] if log_tenant(log_id) == principal.tenant else []
+        else:
+            log_ids = [i for i in self.store.log_ids() if log_tenant(i) == principal.tenant]
         found = [cp for cp in (self.store.latest_checkpoint(i) for i in log_ids) if cp is not None]
-        if log_id and not found:
+        if log_id is not None and not found:
             raise NotFound(f"no checkpoint for log {log_id}")
         return CheckpointsOut(
             data=[
@@ -490,22 +552,20 @@ class QueryService:
                 end=to_iso(parse_when(end, tz)) if end else None, limit=limit, after=decode_cursor(cursor),
             )
         )
-        data = [
-            AccessEntry(
-                record_id=r.record_id, time=r.start_time, key_id=(r.details or {}).get("key_id"),
-                role=(r.details or {}).get("role"), endpoint=(r.details or {}).get("endpoint"),
-                query=(r.details or {}).get("query") or {}, ids=(r.details or {}).get("ids") or [],
-                count=(r.details or {}).get("count"),
-            )
-            for r in records
-        ]
+        data = [_access_entry(r) for r in records]
         last = records[-1] if len(records) == limit else None
         return AccessLogOut(data=data, next_cursor=encode_cursor(last.start_time, last.record_id) if last else None)
 
     def record(self, principal: Principal, record_id: str) -> dict[str, Any]:
         found = self.store.get(principal.tenant, record_id)
-        if found is None:
+        if found is None or found.tenant != principal.tenant:  # another tenant's body: as if missing
             raise NotFound(f"no record {record_id}")
+        if found.record_id != record_id:
+            raise NotFound(f"no record {record_id}: what is stored under this id is sealed as record "
+                           f"{found.record_id} (integrity failed); run `aitrail verify`")
+        if found.kind == Kind.ACCESS and principal.role not in ACCESS_LOG_READERS:
+            # Its details hold what others searched for (`q`) and the ids they read.
+            raise Forbidden(f"role '{principal.role}' may not read access records; it needs role admin or auditor")
         return for_role(record_to_dict(found), principal.role)
 
     def costs(

@@ -86,7 +86,9 @@ def test_roles(api):
     denied = api("/v1/access-log", role=Role.ANALYST)
     assert denied.status_code == 403 and "needs role admin or auditor" in denied.json()["error"]["message"]
     assert api("/v1/access-log", role=Role.ADMIN).status_code == 200
-    analyst = api("/v1/answers", role=Role.ANALYST, q="bonus").json()["data"][0]
+    searched = api("/v1/answers", role=Role.ANALYST, q="bonus")
+    assert searched.status_code == 403 and "role 'analyst'" in searched.json()["error"]["message"]
+    (analyst,) = [a for a in api("/v1/answers", role=Role.ANALYST).json()["data"] if a["trace_id"] == trace_id(1)]
     assert (analyst["question"], analyst["answer"], analyst["cost"]["amount"]) == (None, None, "0.0020000000")
     record = api(f"/v1/traces/{trace_id(1)}", role=Role.ANALYST).json()["records"]
     assert all("question" not in r and "answer" not in r for r in record)

@@ -263,14 +263,18 @@ def test_costs_endpoint(server, keys):
     assert get(server, keys, "/v1/costs", group_by="colour").status_code == 400
 
 
-def test_health_docs_and_page(server):
+def test_health_docs_and_page(server, keys):
     assert httpx.get(server.api + "/readyz", timeout=10).json() == {"status": "ready"}
     spec = httpx.get(server.api + "/openapi.json", timeout=10).json()
     assert {"/v1/answers", "/v1/traces/{trace_id}", "/v1/records/{record_id}", "/v1/costs"} <= set(spec["paths"])
     page = httpx.get(server.api + "/", timeout=10)
     assert page.status_code == 200 and "aitrail" in page.text and "/v1/answers" in page.text
-    metrics = httpx.get(server.api + "/metrics", timeout=10).text
-    assert "aitrail_otlp_items_received_total" in metrics
+    # metrics are the operators' (an admin of operator_tenant, here the default tenant), without tenant labels
+    assert httpx.get(server.api + "/metrics", timeout=10).status_code == 401
+    assert get(server, keys, "/metrics", role="admin").status_code == 403
+    operator = server.store.create_key(server.settings.operator_tenant, Role.ADMIN)[0]
+    metrics = httpx.get(server.api + "/metrics", headers={"Authorization": f"Bearer {operator}"}, timeout=10).text
+    assert "aitrail_otlp_items_received_total" in metrics and "tenant=" not in metrics and "acme" not in metrics
 
 
 def wait_verified(server, keys, trace_id):
@@ -307,9 +311,15 @@ def test_replay_reports_integrity_and_proofs_verify_offline(server, keys):
                             [bytes.fromhex(h) for h in proof["inclusion_proof"]], checkpoint.root_hash)
     assert get(server, keys, f"/v1/records/{record['record_id']}/proof", tenant="globex").status_code == 404
 
+    # checkpoints: only the caller's tenant's logs; another tenant's log answers as a missing one
+    from aitrail.tenancy import log_tenant
+
     latest = get(server, keys, "/v1/checkpoints/latest").json()["data"]
-    assert [c["log_id"] for c in latest] == ["local"] and latest[0]["size"] >= proof["tree_size"]
+    assert log_tenant(proof["log_id"]) == "acme"
+    assert [c["log_id"] for c in latest] == [proof["log_id"]] and latest[0]["size"] >= proof["tree_size"]
     assert get(server, keys, "/v1/checkpoints/latest", log="nope").status_code == 404
+    assert proof["log_id"] not in str(get(server, keys, "/v1/checkpoints/latest", tenant="globex").json())
+    assert get(server, keys, "/v1/checkpoints/latest", tenant="globex", log=proof["log_id"]).status_code == 404
 
 
 def test_verify_cli_on_the_running_store(server, keys, capsys):

@@ -117,11 +117,13 @@ def test_unavailable_is_503_with_retry_after(tmp_path, seeded_api):
         raise Unavailable("store unavailable")
 
     unlogged = TestClient(create_app(seeded_api.store, pseudonymise=str, access_log=AccessLog(refuse)))
-    response = unlogged.get("/v1/checkpoints/latest", headers=seeded_api.auth())
-    assert response.status_code == 200  # not an audit-data read: not logged
-    response = unlogged.get(f"/v1/traces/{seeded_api.trace_id}", headers=seeded_api.auth())
-    assert "access log" in error(response, 503, "unavailable")
-    assert int(response.headers["retry-after"]) > 0
+    # every request to /v1 is logged, checkpoint reads and refusals too: none is answered unlogged
+    for path, headers in ((f"/v1/traces/{seeded_api.trace_id}", seeded_api.auth()),
+                          ("/v1/checkpoints/latest", seeded_api.auth()), ("/v1/answers", {})):
+        response = unlogged.get(path, headers=headers)
+        assert "access log" in error(response, 503, "unavailable"), path
+        assert int(response.headers["retry-after"]) > 0
+        assert "Refunds" not in response.text
 
 
 def test_unexpected_failure_is_500_without_internals(tmp_path):

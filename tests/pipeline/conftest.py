@@ -155,6 +155,16 @@ class Pipeline:
         assert result.returncode == 0, result.stderr
         return result.stdout.strip()
 
+    def metrics(self, process: Process) -> str:
+        """`/metrics` of a gateway or collector, read with an admin key of the operator tenant
+        (`operator_tenant`: the default tenant, `stock` here)."""
+        if not hasattr(self, "_operator_key"):
+            self._operator_key = self.keys("stock", "admin")
+        response = httpx.get(f"http://127.0.0.1:{process.port}/metrics", timeout=10,
+                             headers={"Authorization": f"Bearer {self._operator_key}"})
+        assert response.status_code == 200, response.text
+        return response.text
+
     def verify(self) -> str:
         """`aitrail verify` over everything stored: every Merkle log must check out."""
         result = subprocess.run(

@@ -172,7 +172,7 @@ def test_opensearch_down_for_30_seconds(pipeline, services):
     finally:
         launcher("up", "opensearch")
     wait_stored_exactly(pipeline, spans_first + spans_second)
-    metrics = httpx.get(f"http://127.0.0.1:{collector.port}/metrics", timeout=10).text
+    metrics = pipeline.metrics(collector)
     retries = [line for line in metrics.splitlines() if line.startswith("aitrail_store_retries_total")]
     assert retries and float(retries[0].split()[-1]) > 0
 
@@ -243,7 +243,7 @@ def test_two_collectors_share_six_partitions_and_take_over(pipeline):
     wait_stored_exactly(pipeline, spans)
 
     def partitions(process) -> set[str]:
-        text = httpx.get(f"http://127.0.0.1:{process.port}/metrics", timeout=10).text
+        text = pipeline.metrics(process)
         return {line.split('partition="')[1].split('"')[0] for line in text.splitlines()
                 if line.startswith("aitrail_consumer_lag{")}
 

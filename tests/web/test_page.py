@@ -200,7 +200,11 @@ def test_analyst_sees_redacted_content_and_no_access_log(visit, site, out_dir):
     expect(page.get_by_role("tab", name="Access log")).to_be_hidden()
     expect(page.get_by_role("tab")).to_have_count(2)
 
-    search(page, q="refund policy", at="last Tuesday 14:30")
+    # an analyst may not search the words of questions and answers: the page says why
+    page.get_by_label("Question or answer words").fill("refund policy")
+    page.get_by_role("button", name="Search", exact=True).click()
+    expect(page.locator("#answers-error")).to_contain_text("role 'analyst' may not search")
+    search(page, at="last Tuesday 14:30")
     row = page.locator(f"#results tbody tr[data-trace='{site.demo.example_trace_id}']")
     expect(row.locator("td").nth(1)).to_have_text("[redacted]")
     expect(row.locator("td").nth(2)).to_have_text("[redacted]")
