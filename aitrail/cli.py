@@ -63,13 +63,8 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def _cli_principal(tenant: str):
-    from .store.base import Principal, Role
-
-    return Principal(key_id="cli", tenant=tenant, role=Role.AUDITOR)
-
-
 def _query_service(settings: Settings):
+    """The queries the API answers, over the configured store (`.store`; the caller closes it)."""
     from .collector.pipeline import hmac_pseudonymiser
     from .custody import trusted_verifiers
     from .query_api.service import QueryService
@@ -139,13 +134,25 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 def cmd_collector(args: argparse.Namespace) -> int:
     from .scaleout import collector
 
+    fatal: list[str] = []
+
     async def run(settings: Settings, stop: asyncio.Event) -> None:
-        async with collector(settings) as drain:
+        def stopped(message: str) -> None:
+            fatal.append(message)
+            stop.set()
+
+        async with collector(settings, on_fatal=stopped) as drain:
             await stop.wait()
+            if fatal:
+                return
             log.info("stopping: finishing the batch in flight and committing")
             await drain()
 
-    return _run_service(args, run)
+    _run_service(args, run)
+    if fatal:
+        print(f"aitrail: the collector stopped: {fatal[0]}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_api(args: argparse.Namespace) -> int:
@@ -221,12 +228,19 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_answers(args: argparse.Namespace) -> int:
+    from .cli_access import logged_read
+
     settings = _settings(args)
+    params = dict(q=args.q, at=args.at, tz=args.tz, window=args.window, user=args.user, service=args.service,
+                  model=args.model, limit=args.limit)
     queries = _query_service(settings)
-    result = queries.answers(
-        _cli_principal(args.tenant or settings.collector.default_tenant), q=args.q, at=args.at, tz=args.tz,
-        window=args.window, user=args.user, service=args.service, model=args.model, limit=args.limit,
-    )
+    try:  # logged (who, what, the ids shown) before anything is shown
+        with logged_read(settings, queries.store, args.tenant or settings.collector.default_tenant, "answers",
+                         params) as read:
+            result = queries.answers(read.principal, **params)
+            read.returned([a.record_id for a in result.data])
+    finally:
+        queries.store.close()
     if args.json:
         print(result.model_dump_json(indent=2))
         return 0
@@ -237,9 +251,17 @@ def cmd_answers(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from .cli_access import logged_read
+
     settings = _settings(args)
     queries = _query_service(settings)
-    result = queries.trace(_cli_principal(args.tenant or settings.collector.default_tenant), args.trace_id)
+    try:  # logged (who, what, the ids shown) before anything is shown
+        with logged_read(settings, queries.store, args.tenant or settings.collector.default_tenant, "replay",
+                         {"trace_id": args.trace_id}) as read:
+            result = queries.trace(read.principal, args.trace_id)
+            read.returned([r["record_id"] for r in result.records])
+    finally:
+        queries.store.close()
     if args.json:
         print(result.model_dump_json(indent=2))
         return 0
@@ -250,83 +272,124 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Exit 0 only when everything checked verifies; 1 on any failure (each printed)."""
+    """Exit 0: everything checked verified; 1: tampering or loss found, each item printed;
+    2: could not check (a sentence on stderr, never a traceback). Reads only."""
+    from .integrity.trusted import TrustedFileError
+
+    try:
+        return _verify(args)
+    except (AitrailError, OSError):
+        raise  # main(): the message, exit 2
+    except TrustedFileError as exc:
+        print(f"aitrail: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - "could not check" must never read as "tampering found"
+        print(f"aitrail: verify could not check: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _verify(args: argparse.Namespace) -> int:
+    """`aitrail verify` itself: the store against itself, against the checkpoints kept outside
+    it (the mirror, legacy checkpoint files, `--trusted` files), and absent content against
+    its sealed reasons. Kept checkpoints are read before the store: a live log writes the
+    store before the mirror, so whatever the mirror holds the store must already hold."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from .custody import CheckpointMirror, trusted_verifiers
-    from .integrity.verify import verify_log, verify_record
+    from .integrity.coverage import ErasureStatus
+    from .integrity.trusted import legacy_checkpoints, mirrored_checkpoints, read_trusted_file
+    from .integrity.verify import RecordStatus, verify_logs, verify_record
     from .query_api.integrity import Proofs
     from .store import open_store
 
     settings = _settings(args)
-    verifier = trusted_verifiers(settings, [args.public_key] if args.public_key else ())
-    if not verifier:
-        raise AitrailError("no public key: pass --public-key (a vkey or a .pub file) or configure integrity.signing_key_file")
+    verifiers = trusted_verifiers(settings, args.public_key or ())
+    if not verifiers:
+        raise AitrailError(
+            "no public key: pass --public-key (a vkey or a .pub file) or configure integrity.signing_key_file"
+        )
     if args.bundle:
         raise AitrailError(
             "export bundles are written by `aitrail export`, which this version does not have yet; "
             "verify the store with --log or --record"
         )
-    store = open_store(settings)
-    failures = 0
+    # Our logs' origins are `<key name>/<log id>`; other installations' entries are ignored.
+    prefixes = [settings.integrity.origin] if settings.integrity.origin else sorted({v.name for v in verifiers})
+    external = mirrored_checkpoints(CheckpointMirror(settings.integrity.checkpoint_dir, create=False), prefixes)
+    external += legacy_checkpoints(settings.data_dir, prefixes)
+    for path in args.trusted or ():
+        external += read_trusted_file(path, prefixes)
+
+    store = open_store(settings, read_only=True)
     try:
         if hasattr(store, "settle"):  # OpenSearch: see writes made with refresh off
             store.settle()
+        proofs = Proofs(store, verifiers)
+        erasures = proofs.erasure_coverage()
         if args.record:
-            record = store.get(args.tenant or settings.collector.default_tenant, args.record)
+            tenant = args.tenant or settings.collector.default_tenant
+            record = store.get(tenant, args.record)
             if record is None:
-                raise AitrailError(f"no record {args.record} for tenant {args.tenant or settings.collector.default_tenant}")
-            proof = Proofs(store, verifier).proof(record)
-            report = verify_record(record, proof.path, proof.checkpoint.note, verifier)
-            print(f"record {record.record_id}: {report.status} ({report.reason})")
-            return 0 if report.ok else 1
-        log_ids = [args.log] if args.log else store.log_ids()
-        if args.log and args.log not in store.log_ids():
-            raise AitrailError(f"no log {args.log}; logs: {', '.join(store.log_ids()) or 'none'}")
-        checkpoint_file = CheckpointMirror(settings.integrity.checkpoint_dir, create=False)
+                raise AitrailError(f"no record {args.record} for tenant {tenant}")
+            proof = proofs.proof(record)
+            report = verify_record(record, proof.path, proof.checkpoint.note, verifiers)
+            status, reason = str(report.status), report.reason
+            if report.status == RecordStatus.ERASED:
+                explanation = erasures.explain(record)
+                reason = explanation.reason
+                if explanation.status == ErasureStatus.UNEXPLAINED:
+                    status = "FAILED [unexplained_erasure]"
+                elif explanation.status == ErasureStatus.PENDING:
+                    status = "erased (its erasure record awaits a checkpoint)"
+            print(f"record {record.record_id}: {status} ({reason})")
+            return 1 if status.startswith("FAILED") or not report.ok else 0
+
+        known = set(store.log_ids()) | {e.checkpoint.log_id for e in external}
+        if args.log and args.log not in known:
+            raise AitrailError(f"no log {args.log}; logs: {', '.join(sorted(known)) or 'none'}")
+        log_ids = [args.log] if args.log else sorted(known)
         with Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
             console=_stderr_console(), transient=True,
         ) as progress:
-            for log_id in log_ids:
-                task = progress.add_task(f"log {log_id}", total=store.log_size(log_id) or None)
-                report = verify_log(
-                    store, verifier, log_id, progress=lambda done, total: progress.update(task, completed=done, total=total)
-                )
-                problems = [str(f) for f in report.failures] + _compare_checkpoint_file(store, checkpoint_file, log_id)
-                failures += len(problems)
-                state = "OK" if not problems else f"{len(problems)} FAILURE(S)"
-                progress.console.print(
-                    f"log {log_id}: {state} — {report.records_checked} records, {report.checkpoints_checked} "
-                    f"checkpoints, verified up to size {report.verified_size}"
-                    + (f", {report.uncovered} newer leaves not yet under a checkpoint" if report.uncovered else "")
-                    + (f", {report.erased} erased" if report.erased else "")
-                )
-                for problem in problems:
-                    print(f"FAILED {log_id} {problem}")
+            tasks: dict[str, object] = {}
+
+            def advance(log_id: str, done: int, total: int) -> None:
+                if log_id not in tasks:
+                    tasks[log_id] = progress.add_task(f"log {log_id}", total=total or None)
+                progress.update(tasks[log_id], completed=done, total=total or None)
+
+            reports = verify_logs(store, verifiers, log_ids=log_ids, external=external, erasures=erasures,
+                                  progress=advance)
+        failures = 0
+        console = _stderr_console()
+        for report in reports:
+            failures += len(report.failures)
+            state = "OK" if report.ok else f"{len(report.failures)} FAILURE(S)"
+            console.print(
+                f"log {report.log_id}: {state} — {report.records_checked} records, {report.checkpoints_checked} "
+                f"checkpoints, {report.external_checked} kept outside the store, verified up to size "
+                f"{report.verified_size}"
+                + (f", {report.uncovered} newer leaves not yet under a checkpoint" if report.uncovered else "")
+                + (f", {report.erased} erased" if report.erased else "")
+                + (f" ({report.erasures_pending} awaiting the checkpoint of their erasure record)"
+                   if report.erasures_pending else ""),
+                highlight=False,
+            )
+            for failure in report.failures:
+                print(f"FAILED {report.log_id} {failure}")
+        # Derived views (answers, full-text terms, costs, retrieved documents' ACL tags,
+        # feedback) rebuilt from the verified records: add one line per mismatch here
+        # (aitrail.integrity.views); each counts as a failure.
+        view_findings: list[str] = []
+        for finding in view_findings:
+            print(f"FAILED view {finding}")
+        failures += len(view_findings)
         if not log_ids:
             print("no logs to verify", file=sys.stderr)
+        return 1 if failures else 0
     finally:
         store.close()
-    return 1 if failures else 0
-
-
-def _compare_checkpoint_file(store, checkpoint_file, log_id: str) -> list[str]:
-    """Checkpoints kept outside the store must all be in it, unchanged. The file is read
-    first: a live log writes the store before the file, so whatever the file holds is
-    already in the store, even if a checkpoint is signed while we read."""
-    state = store.log_state(log_id)
-    kept = checkpoint_file.read(state.origin) if state is not None else []
-    if hasattr(store, "settle"):
-        store.settle()
-    stored = {cp.size: cp.note for cp in store.checkpoints(log_id)}
-    problems = []
-    for cp in kept:
-        if cp.size not in stored:
-            problems.append(f"checkpoint for size {cp.size} is in the checkpoint file but missing from the store")
-        elif stored[cp.size] != cp.note:
-            problems.append(f"checkpoint for size {cp.size} differs between the store and the checkpoint file")
-    return problems
 
 
 def _stderr_console():
@@ -424,14 +487,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     keys.set_defaults(func=cmd_keys)
 
-    verify = commands.add_parser("verify", help="check records, logs and checkpoints; non-zero exit on any failure")
+    verify = commands.add_parser(
+        "verify", help="check records, logs and checkpoints against the store and checkpoints kept outside it",
+        description="Check every log of the store, of the checkpoint mirror and of --trusted files (or one log, "
+                    "or one record): every leaf recomputed, every signed checkpoint checked, and today's logs "
+                    "proven to extend every checkpoint kept outside the store.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="exit status:\n"
+               "  0  everything checked verified\n"
+               "  1  tampering or loss found: each item on stdout, 'FAILED <log id> [<kind>] record <id> ...'\n"
+               "     (edited, deleted or inserted records, forged or inconsistent checkpoints, a log rolled\n"
+               "     back, truncated, forked, wiped, content removed without a sealed erasure record)\n"
+               "  2  could not check: store missing or unreadable, OpenSearch unreachable, no public key,\n"
+               "     a --trusted file or the mirror unreadable, any unexpected error (a sentence on stderr)\n\n"
+               "verify writes nothing: SQLite is opened read-only (it runs on a read-only copy of the data\n"
+               "folder), no schema, secret, index or mirror folder is created. See docs/integrity.md.",
+    )
     _common(verify)
     selector = verify.add_mutually_exclusive_group()
     selector.add_argument("--record", help="one record id (with --tenant)")
     selector.add_argument("--log", help="one log id (default: every log)")
     selector.add_argument("--bundle", type=Path, help="an export bundle directory")
     verify.add_argument("--tenant", help="tenant of --record (default: the collector's default tenant)")
-    verify.add_argument("--public-key", help="verifier key (vkey text or a .pub file); default: the configured key's .pub")
+    verify.add_argument(
+        "--public-key", action="append", metavar="KEY",
+        help="trusted verifier key (vkey text or a .pub file), repeatable; replaces the configured keys "
+             "(default: the keys folder's .pub files and integrity.trusted_keys)",
+    )
+    verify.add_argument(
+        "--trusted", action="append", type=Path, metavar="FILE",
+        help="checkpoints you kept earlier (the JSON of GET /v1/checkpoints/latest, or signed notes one after "
+             "another), repeatable: today's logs must extend every one",
+    )
     verify.set_defaults(func=cmd_verify)
 
     demo = commands.add_parser("demo", help="send sample RAG traffic to a running aitrail")
