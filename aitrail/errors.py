@@ -62,3 +62,11 @@ class Unavailable(AitrailError):
     retriable = True
     status = 503
     code = "unavailable"
+
+
+class Fatal(AitrailError):
+    """A condition retrying cannot fix (permissions, a topic that does not exist, a broken
+    configuration): the component stops with this message instead of looping."""
+
+    status = 500
+    code = "fatal"

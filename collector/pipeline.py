@@ -21,7 +21,7 @@ from aitrail.schemas.timefmt import ns_to_iso
 
 from aitrail import __version__
 from aitrail.bus.base import Batch, BusMessage, Encoding, Signal
-from aitrail.errors import AitrailError, BadRequest, Unavailable
+from aitrail.errors import AitrailError, BadRequest, Fatal, Unavailable
 from aitrail.integrity import system
 from aitrail.otlp import decode_logs, decode_traces
 from aitrail.store.base import RecordWriter, WriteResult
@@ -103,14 +103,21 @@ class Pipeline:
         raise BadRequest(f"unknown signal {message.signal!r}")
 
 
-async def checkpoint_timer(sequencing, period_s: float = 0.25) -> None:
-    """Cover the last leaves with a signed checkpoint when traffic stops (lag ≤ interval)."""
+async def checkpoint_timer(sequencing, period_s: float = 0.25, on_error: Callable[[], None] | None = None) -> None:
+    """Cover the last leaves with a signed checkpoint when traffic stops (lag ≤ interval).
+    Survives any exception (logged, counted with `on_error`): checkpoints must not stop."""
     while True:
         await asyncio.sleep(period_s)
         try:
             await asyncio.to_thread(sequencing.tick)
         except AitrailError as exc:
             log.warning("checkpoint not stored, will retry: %s", exc.message)
+            if on_error is not None:
+                on_error()
+        except Exception:
+            log.exception("checkpoint timer failed, will retry")
+            if on_error is not None:
+                on_error()
 
 
 def _decode(decode, message: BusMessage):
@@ -162,6 +169,9 @@ async def run_collector(
     async def write_stage() -> None:
         while (item := await ready.get()) is not None:
             batch, result = item
+            if batch.stale:  # fetched ahead of a batch that failed: it is delivered again after it
+                await batch.discard()
+                continue
             try:
                 if result is None:
                     raise Unavailable("normalisation failed unexpectedly; see the collector log")
@@ -172,7 +182,7 @@ async def run_collector(
                         on_dead_letter(reason)
                 if await _write_with_retries(store, result, batch, on_written, on_retry, max_backoff_s, give_up_after_s):
                     await batch.ack()
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, Fatal):
                 raise
             except Exception as exc:
                 log.exception("batch failed unexpectedly")
@@ -184,6 +194,13 @@ async def run_collector(
 
 
 async def _write_with_retries(store, result, batch, on_written, on_retry, max_backoff_s, give_up_after_s) -> bool:
+    try:
+        return await _retry_write(store, result, batch, on_written, on_retry, max_backoff_s, give_up_after_s)
+    finally:
+        await batch.resume()
+
+
+async def _retry_write(store, result, batch, on_written, on_retry, max_backoff_s, give_up_after_s) -> bool:
     delay, first_failure = 0.1, None
     while True:
         started = time.perf_counter()
@@ -197,6 +214,8 @@ async def _write_with_retries(store, result, batch, on_written, on_retry, max_ba
                 await batch.fail(exc)
                 return False
             log.warning("store unavailable, retrying in %.1fs: %s", delay, exc.message)
+            if first_failure == now:
+                await batch.pause()  # keep our partitions and our place in the group meanwhile
             if on_retry is not None:
                 on_retry()
             await asyncio.sleep(delay)

@@ -52,6 +52,26 @@ class Batch(Protocol):
         """Set `message` aside with the reason; it must be durable before this returns."""
         ...
 
+    @property
+    def stale(self) -> bool:
+        """True for a batch fetched ahead of one that then failed (Kafka): writing or
+        acknowledging it would move the committed position past the failed batch. The
+        consumer must `discard()` it instead; it is delivered again after the failed one."""
+        ...
+
+    async def discard(self) -> None:
+        """Give a stale batch back, unprocessed, to be delivered again."""
+        ...
+
+    async def pause(self) -> None:
+        """The batch waits for the store: stop fetching more, but keep the consumer's place
+        (Kafka: partitions paused and polled, so the group does not evict the consumer)."""
+        ...
+
+    async def resume(self) -> None:
+        """Fetch again after `pause`."""
+        ...
+
     async def fail(self, error: BaseException) -> None:
         """Processing failed and will not be retried by this consumer: publishers waiting on
         these messages (embedded mode) get the error; a Kafka consumer rewinds so the batch

@@ -14,14 +14,20 @@ rewound so it is delivered again.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError, TopicAlreadyExistsError
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError, GroupAuthorizationFailedError, InvalidTopicError, KafkaError,
+    MessageSizeTooLargeError, RecordTooLargeError, TopicAlreadyExistsError, TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed, UnsupportedVersionError,
+)
 
-from aitrail.errors import PayloadTooLarge, Unavailable
+from aitrail.errors import Fatal, PayloadTooLarge, Unavailable
 from aitrail.schemas.record import KafkaPosition
 from aitrail.settings import KafkaSettings
 
@@ -32,6 +38,21 @@ log = logging.getLogger(__name__)
 TENANT_HEADER = "aitrail-tenant"
 SIGNAL_HEADER = "aitrail-signal"
 REASON_HEADER = "aitrail-dlq-reason"
+TRUNCATED_HEADER = "aitrail-dlq-truncated"
+SHA256_HEADER = "aitrail-dlq-payload-sha256"
+SIZE_HEADER = "aitrail-dlq-payload-bytes"
+
+# The spans topic holds the gateway's largest message plus framing; the dead-letter topic holds
+# any spans message plus the reason and source-position headers the collector adds.
+TOPIC_HEADROOM = 64 * 1024
+DLQ_HEADROOM = 128 * 1024
+_RECORD_OVERHEAD = 1024  # record batch framing around one message, generously
+_MAX_REASON = 4000
+# Errors no retry can fix: stop with the message instead of looping.
+_FATAL = (
+    TopicAuthorizationFailedError, ClusterAuthorizationFailedError, GroupAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed, InvalidTopicError, UnsupportedVersionError,
+)
 
 PartitionsCallback = Callable[[set[TopicPartition]], Awaitable[None]]
 
@@ -65,11 +86,14 @@ async def ensure_topics(settings: KafkaSettings) -> list[str]:
         existing = set(await admin.list_topics())
         missing = [t for t in (settings.topic, settings.dlq_topic) if t not in existing]
         if missing:
-            config = {"max.message.bytes": str(settings.max_message_bytes + 64 * 1024)}
+            limits = {settings.topic: settings.max_message_bytes + TOPIC_HEADROOM,
+                      settings.dlq_topic: settings.max_message_bytes + TOPIC_HEADROOM + DLQ_HEADROOM}
             try:
-                await admin.create_topics(
-                    [NewTopic(t, settings.partitions, settings.replication_factor, topic_configs=config) for t in missing]
-                )
+                await admin.create_topics([
+                    NewTopic(t, settings.partitions, settings.replication_factor,
+                             topic_configs={"max.message.bytes": str(limits[t])})
+                    for t in missing
+                ])
             except TopicAlreadyExistsError:  # another process created it meanwhile
                 pass
             log.info("created Kafka topics %s with %d partitions", ", ".join(missing), settings.partitions)
@@ -80,10 +104,44 @@ async def ensure_topics(settings: KafkaSettings) -> list[str]:
         await admin.close()
 
 
+async def topic_max_bytes(settings: KafkaSettings, topic: str) -> int | None:
+    """The topic's `max.message.bytes` as the broker reports it (None when it cannot say)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=15_000)
+    try:
+        await admin.start()
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None})]
+        )
+        for response in responses:
+            for _error, _message, _type, _name, entries in response.resources:
+                for name, value, *_ in entries:
+                    if name == "max.message.bytes" and value:
+                        return int(value)
+    except (KafkaError, ValueError, TypeError) as exc:
+        log.warning("cannot read max.message.bytes of %s: %s", topic, exc)
+    finally:
+        await admin.close()
+    return None
+
+
+def fit_dead_letter(value: bytes, key: bytes | None, headers: dict[str, str], limit: int) -> tuple[bytes, dict[str, str]]:
+    """The value and headers of a dead letter that fits in `limit` bytes: the whole payload
+    when it fits, else its first bytes plus its SHA-256 and size, marked truncated (the
+    source position headers say where the original still is)."""
+    headers = {**headers, REASON_HEADER: headers.get(REASON_HEADER, "")[:_MAX_REASON]}
+    framing = _RECORD_OVERHEAD + len(key or b"") + sum(len(k) + len(v.encode()) + 16 for k, v in headers.items())
+    if framing + len(value) <= limit:
+        return value, headers
+    marks = {TRUNCATED_HEADER: "true", SHA256_HEADER: hashlib.sha256(value).hexdigest(), SIZE_HEADER: str(len(value))}
+    framing += sum(len(k) + len(v) + 16 for k, v in marks.items())
+    return value[: max(0, limit - framing)], {**headers, **marks}
+
+
 class KafkaBatch:
     def __init__(self, bus: KafkaBus, messages: list[BusMessage]) -> None:
         self._bus = bus
         self.messages = messages
+        self.generation = bus._generation  # fetched before or after the last rewind
         self._first: dict[TopicPartition, int] = {}
         self._next: dict[TopicPartition, int] = {}
         for message in messages:
@@ -102,9 +160,26 @@ class KafkaBatch:
     async def dead_letter(self, message: BusMessage, reason: str) -> None:
         await self._bus._dead_letter(message, reason)
 
+    @property
+    def stale(self) -> bool:
+        """Fetched before a batch ahead of it failed and rewound: it must be neither written nor
+        acknowledged (that would commit offsets past the failed batch); `discard()` it."""
+        return self.generation < self._bus._generation
+
     async def fail(self, error: BaseException) -> None:
         log.warning("batch failed, rewinding %d partition(s): %s", len(self._first), error)
-        self._bus._rewind(self._first)
+        self._bus._rewind(self._first, new_generation=True)
+
+    async def pause(self) -> None:
+        await self._bus._pause()
+
+    async def resume(self) -> None:
+        await self._bus._resume()
+
+    async def discard(self) -> None:
+        """Drop a stale batch: its partitions are rewound (never past the failed batch's start)
+        so that Kafka delivers its messages again, after the failed batch's."""
+        self._bus._rewind(self._first, new_generation=False)
 
 
 class KafkaBus:
@@ -129,8 +204,17 @@ class KafkaBus:
         self._on_assigned, self._on_revoked = on_assigned, on_revoked
         self._publish_timeout_s = publish_timeout_s
         self._producer: AIOKafkaProducer | None = None
+        self._dlq_producer: AIOKafkaProducer | None = None
+        self._dlq_limit = settings.max_message_bytes
         self._consumer: AIOKafkaConsumer | None = None
         self._stopping = asyncio.Event()
+        # Rewinds: batches fetched before the last one are stale; `_floor` is where each
+        # rewound partition restarts (the lowest first offset of the failed and stale batches).
+        self._generation = 0
+        self._floor: dict[TopicPartition, int] = {}
+        # While the store is away: partitions paused, polled anyway so the group keeps us.
+        self._poll_lock = asyncio.Lock()
+        self._keepalive: asyncio.Task | None = None
 
     async def __aenter__(self) -> KafkaBus:
         await ensure_topics(self.settings)
@@ -142,6 +226,17 @@ class KafkaBus:
                     retry_backoff_ms=200,
                 )
                 await self._producer.start()
+            if self._produce and self._consume:
+                # Dead letters carry any spans message plus headers: sized to the topic's own limit.
+                self._dlq_limit = await topic_max_bytes(self.settings, self.settings.dlq_topic) or (
+                    self.settings.max_message_bytes + TOPIC_HEADROOM
+                )
+                self._dlq_producer = AIOKafkaProducer(
+                    bootstrap_servers=self.settings.bootstrap_servers, acks="all", enable_idempotence=True,
+                    max_request_size=self._dlq_limit + _RECORD_OVERHEAD, request_timeout_ms=10_000,
+                    retry_backoff_ms=200,
+                )
+                await self._dlq_producer.start()
             if self._consume:
                 self._consumer = AIOKafkaConsumer(
                     bootstrap_servers=self.settings.bootstrap_servers, group_id=self.settings.group_id,
@@ -159,12 +254,16 @@ class KafkaBus:
         await self.close()
 
     async def close(self) -> None:
+        await self._resume()
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
+        if self._dlq_producer is not None:
+            await self._dlq_producer.stop()
+            self._dlq_producer = None
 
     async def ping(self) -> bool:
         """True when a broker answers a metadata request within 5 s."""
@@ -201,23 +300,42 @@ class KafkaBus:
             raise Unavailable(f"Kafka did not acknowledge the data: {type(exc).__name__}: {exc}") from exc
 
     async def _dead_letter(self, message: BusMessage, reason: str) -> None:
-        assert self._producer is not None, "dead letters need a producer"
+        """Durable before it returns: the offset is committed after it. Too big for the
+        dead-letter topic → truncated with hash and size; a broker that is away → retried with
+        back-off (the partition waits, as it does for the store); an error no retry can fix
+        (authorisation, a missing or invalid topic) → `Fatal`, and the collector stops."""
+        producer = self._dlq_producer or self._producer
+        assert producer is not None, "dead letters need a producer"
         headers = dict(message.headers)
-        headers[REASON_HEADER] = reason[:4000]
+        headers[REASON_HEADER] = reason
         if message.position is not None:
             headers["aitrail-source-topic"] = message.position.topic
             headers["aitrail-source-partition"] = str(message.position.partition)
             headers["aitrail-source-offset"] = str(message.position.offset)
-        while True:  # a dead letter must not be lost: the offset is committed after it
+        limit = self._dlq_limit if producer is self._dlq_producer else self.settings.max_message_bytes
+        delay = 0.5
+        while True:
+            value, fitted = fit_dead_letter(message.payload, message.key, headers, limit)
             try:
-                await self._producer.send_and_wait(
-                    self.settings.dlq_topic, value=message.payload, key=message.key,
-                    headers=[(k, v.encode()) for k, v in headers.items()],
+                await producer.send_and_wait(
+                    self.settings.dlq_topic, value=value, key=message.key,
+                    headers=[(k, v.encode()) for k, v in fitted.items()],
                 )
+                if TRUNCATED_HEADER in fitted:
+                    log.warning("dead letter of %d bytes truncated to %d to fit %s", len(message.payload), len(value),
+                                self.settings.dlq_topic)
                 return
+            except (MessageSizeTooLargeError, RecordTooLargeError) as exc:
+                if limit <= 4096:
+                    raise Fatal(f"the dead-letter topic {self.settings.dlq_topic} refuses even a 4 KB message: {exc}")
+                limit //= 2  # the topic's limit is lower than it said: halve until it fits
+                log.warning("dead letter too large for %s, retrying at %d bytes: %s", self.settings.dlq_topic, limit, exc)
+            except _FATAL as exc:
+                raise Fatal(f"cannot write the dead-letter topic {self.settings.dlq_topic}: {type(exc).__name__}: {exc}")
             except KafkaError as exc:
-                log.warning("dead-letter topic unavailable, retrying: %s", exc)
-                await asyncio.sleep(1)
+                log.warning("dead-letter topic unavailable, retrying in %.1fs: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     # -- consuming ------------------------------------------------------------------------
 
@@ -228,7 +346,8 @@ class KafkaBus:
     async def batches(self) -> AsyncIterator[KafkaBatch]:
         assert self._consumer is not None, "KafkaBus was not opened for consuming"
         while not self._stopping.is_set():
-            fetched = await self._consumer.getmany(timeout_ms=self._fetch_wait_ms, max_records=self._max_batch)
+            async with self._poll_lock:
+                fetched = await self._consumer.getmany(timeout_ms=self._fetch_wait_ms, max_records=self._max_batch)
             messages = [
                 message_from_record(record, tp.topic)
                 for tp, records in sorted(fetched.items(), key=lambda item: item[0].partition)
@@ -236,6 +355,39 @@ class KafkaBus:
             ]
             if messages:
                 yield KafkaBatch(self, messages)
+
+    async def _pause(self) -> None:
+        """Stop fetching from every assigned partition but keep polling, so that the consumer
+        stays in its group (max_poll_interval_ms) and keeps its partitions while the batch in
+        hand waits for the store. Partitions assigned meanwhile are paused as they come."""
+        if self._keepalive is not None or self._consumer is None:
+            return
+        self._consumer.pause(*self._consumer.assignment())
+        log.info("partitions paused while the store is unavailable: %s", sorted(map(tuple, self._consumer.paused())))
+
+        async def poll_while_paused() -> None:
+            while True:
+                async with self._poll_lock:
+                    self._consumer.pause(*self._consumer.assignment())
+                    await self._consumer.getmany(timeout_ms=500)  # paused: returns nothing
+
+        self._keepalive = asyncio.create_task(poll_while_paused())
+
+    async def _resume(self) -> None:
+        task, self._keepalive = self._keepalive, None
+        if task is None or self._consumer is None:
+            return
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        self._consumer.resume(*self._consumer.paused())
+        log.info("partitions resumed")
+
+    @property
+    def paused(self) -> set[TopicPartition]:
+        return set(self._consumer.paused()) if self._consumer is not None else set()
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         assigned = self._consumer.assignment()
@@ -255,11 +407,16 @@ class KafkaBus:
             log.info("resuming %s at offset %d (committed: %s)", tp, offset, committed)
             self._consumer.seek(tp, offset)
 
-    def _rewind(self, offsets: dict[TopicPartition, int]) -> None:
+    def _rewind(self, offsets: dict[TopicPartition, int], *, new_generation: bool) -> None:
+        if new_generation:
+            self._generation += 1
+            self._floor = {}
         assigned = self._consumer.assignment()
         for tp, offset in offsets.items():
+            start = min(offset, self._floor.get(tp, offset))
+            self._floor[tp] = start
             if tp in assigned:
-                self._consumer.seek(tp, offset)
+                self._consumer.seek(tp, start)
 
     async def lag(self) -> dict[TopicPartition, int]:
         """Messages between each assigned partition's position and its end."""

@@ -34,6 +34,18 @@ class LocalBatch:
             if not p.done.done():
                 p.done.set_result(None)
 
+    # In-process batches are handed out one at a time and never rewound: none is ever stale.
+    stale = False
+
+    async def discard(self) -> None:
+        raise AssertionError("a local batch is never stale, so never discarded")
+
+    async def pause(self) -> None:
+        """Nothing to keep alive in-process: senders simply wait on the batch."""
+
+    async def resume(self) -> None:
+        """See `pause`."""
+
     async def dead_letter(self, message: BusMessage, reason: str) -> None:
         await self._sink(message, reason)
 
