@@ -11,11 +11,13 @@ if TYPE_CHECKING:
     from .base import Store
 
 
-def open_store(settings: Settings) -> Store:
+def open_store(settings: Settings, *, read_only: bool = False) -> Store:
+    """`read_only` (`aitrail verify`): change nothing, not even the index layout (OpenSearch)
+    or the schema (SQLite, opened read-only: see `SqliteStore`); a missing store is an error."""
     if settings.opensearch.url:
         from .opensearch import OpenSearchStore
 
-        return OpenSearchStore.from_settings(settings.opensearch)
+        return OpenSearchStore.from_settings(settings.opensearch, ensure_layout=not read_only)
     from .sqlite import SqliteStore
 
-    return SqliteStore.in_dir(settings.data_dir)
+    return SqliteStore.in_dir(settings.data_dir, read_only=read_only)

@@ -9,10 +9,11 @@ be rebuilt from `records`.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -22,6 +23,7 @@ from aitrail.errors import BadRequest, Unavailable
 from aitrail.integrity.sequencer import ForkError, LogState, LogUpdate, SignedCheckpoint
 from aitrail.schemas.canonical import canonical_json, record_from_json
 from aitrail.schemas.record import AuditRecord, Kind
+from aitrail.tenancy import check_tenant
 
 from .base import (
     COST_GROUPS,
@@ -32,16 +34,23 @@ from .base import (
     CostRow,
     CostSummary,
     DeadLetter,
+    DerivedRow,
+    FullTextIndex,
     RecordQuery,
     KeyInfo,
     Principal,
     Role,
+    StoredRecord,
     WriteResult,
+    state_to_write,
 )
 from .keys import hash_key, new_key
 from .text import index_terms, match_expression
 
-_SCHEMA = """
+# The full-text tokenizer, also for rebuilding the index elsewhere (aitrail.integrity.views).
+FTS_TOKENIZE = "porter unicode61 remove_diacritics 2"
+
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS records (
     seq INTEGER PRIMARY KEY,
     record_id TEXT NOT NULL UNIQUE,
@@ -91,7 +100,7 @@ CREATE INDEX IF NOT EXISTS answers_service ON answers (tenant, service, time, re
 -- Narrow enough that counting tens of thousands of full-text hits for a tenant stays cheap.
 CREATE INDEX IF NOT EXISTS answers_id_tenant ON answers (id, tenant, time);
 CREATE VIRTUAL TABLE IF NOT EXISTS answers_fts USING fts5 (
-    terms, content = '', tokenize = 'porter unicode61 remove_diacritics 2'
+    terms, content = '', tokenize = '{FTS_TOKENIZE}'
 );
 -- The index follows `answers` inside SQLite, so a batch costs one statement per table.
 CREATE TRIGGER IF NOT EXISTS answers_fts_insert AFTER INSERT ON answers WHEN new.terms IS NOT NULL
@@ -165,6 +174,9 @@ _INSERT_RECORD = (
     "leaf_index, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
+# The records table's copies of body fields (filters and sorting use them, not the body).
+_RECORD_COLUMNS = ("record_id", "tenant", "kind", "origin", "trace_id", "span_id", "start_time", "log_id", "leaf_index")
+
 _GROUP_COLUMNS = {
     "tenant": "tenant", "service": "service", "model": "coalesce(model, request_model)",
     "user": "user", "feature": "feature", "provider": "provider", "day": "substr(time, 1, 10)",
@@ -193,6 +205,21 @@ def _answer_row(r: AuditRecord) -> tuple:
     )
 
 
+def _temporary_tables() -> list[tuple[str, str]]:
+    """(name, CREATE statement of an empty temporary table like it) for each table of the schema."""
+    tables, buffer = [], ""
+    for line in _SCHEMA.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            match = re.search(r"^CREATE (VIRTUAL )?TABLE IF NOT EXISTS (\w+)", buffer, re.MULTILINE)
+            if match:
+                name = match.group(2)
+                rest = buffer[match.end() :].strip()
+                tables.append((name, f"CREATE {match.group(1) or ''}TABLE temp.{name} {rest}"))
+            buffer = ""
+    return tables
+
+
 def _from_e10(value: int) -> Decimal:
     """Exact, with ten decimal places as the cost module writes them."""
     whole, fraction = divmod(abs(value), 10**10)
@@ -206,12 +233,18 @@ def _now() -> str:
 class SqliteStore:
     """Store on one SQLite file. Thread-safe: one connection per thread, writes serialised."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        """`read_only` (`aitrail verify`): open an existing store without writing anything
+        to its folder (`_open_read_only`); every write then fails."""
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
         self._local = threading.local()
         self._write_lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
+        if read_only:
+            self._conn()  # an unreadable store fails here, with a sentence
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
         with self._write_lock:
             conn = self._conn()
             # Stores made before these indexes carried record_id (newest-first order): rebuild once.
@@ -222,11 +255,42 @@ class SqliteStore:
             conn.executescript(_SCHEMA)
 
     @classmethod
-    def in_dir(cls, data_dir: Path) -> SqliteStore:
-        return cls(Path(data_dir) / "aitrail.db")
+    def in_dir(cls, data_dir: Path, *, read_only: bool = False) -> SqliteStore:
+        return cls(Path(data_dir) / "aitrail.db", read_only=read_only)
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        """A connection that writes nothing, not even the -wal/-shm files a `mode=ro` open
+        creates: `immutable=1` when no write-ahead log is in use (the store is closed),
+        `mode=ro` when one is (a live store, or one copied or crashed with changes still in
+        its -wal). Tables the file lacks read as empty (in-memory stand-ins), so a wiped store
+        is reported as loss, not as unreadable. `query_only` refuses every write."""
+        if not self.path.is_file():
+            raise Unavailable(f"no SQLite store at {self.path}")
+        wal, shm = Path(f"{self.path}-wal"), Path(f"{self.path}-shm")
+        live = wal.exists() and (wal.stat().st_size > 0 or shm.exists())
+        uri = f"{self.path.resolve().as_uri()}?{'mode=ro' if live else 'immutable=1'}"
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute("PRAGMA temp_store = MEMORY")
+            present = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            for name, stand_in in _temporary_tables():
+                if name not in present:
+                    conn.execute(stand_in)
+            conn.execute("PRAGMA query_only = 1")
+        except sqlite3.DatabaseError as exc:
+            hint = (
+                "; its write-ahead log holds changes and the folder is read-only: verify a writable copy"
+                if live and "unable to open" in str(exc) else ""
+            )
+            raise Unavailable(f"cannot read the SQLite store {self.path} read-only: {exc}{hint}") from exc
+        return conn
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
+        if conn is None and self.read_only:
+            conn = self._local.conn = self._open_read_only()
+            self._connections.append(conn)
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
             conn.execute("PRAGMA journal_mode = WAL")
@@ -251,11 +315,20 @@ class SqliteStore:
 
     # -- RecordWriter -------------------------------------------------------------------
 
-    def write(self, records: Sequence[AuditRecord], updates: Sequence[LogUpdate] = ()) -> WriteResult:
+    def write(
+        self,
+        records: Sequence[AuditRecord],
+        updates: Sequence[LogUpdate] = (),
+        *,
+        expected: Mapping[str, LogState | None] | None = None,
+    ) -> WriteResult:
         if not records and not updates:
             return WriteResult(0, 0)
         try:
             with self._transaction() as conn:
+                for update in updates:  # compare-and-set: the transaction holds the write lock
+                    stored = self.log_state(update.log_id, conn)
+                    state_to_write(update.log_id, stored, update.state, expected or {})
                 fresh = self._fresh(conn, records)
                 conn.executemany(
                     _INSERT_RECORD,
@@ -454,6 +527,69 @@ class SqliteStore:
             )
         return rows
 
+    # -- ViewReader (read-only, for aitrail.integrity.views) ----------------------------
+
+    def record_columns(self) -> Iterator[StoredRecord]:
+        cursor = self._conn().execute(f"SELECT seq, {', '.join(_RECORD_COLUMNS)}, body FROM records ORDER BY seq")
+        for seq, *columns, body in cursor:
+            try:
+                record, error = record_from_json(body), None
+            except ValueError as exc:
+                record, error = None, str(exc)
+            yield StoredRecord(view="records", row=str(seq), columns=dict(zip(_RECORD_COLUMNS, columns, strict=True)),
+                               record=record, error=error, order=seq)
+
+    def derived_answers(self) -> Iterator[DerivedRow]:
+        names = ("tenant", "trace_id", "span_id", "record_id", "has_span", *_MERGED)
+        for row_id, *values in self._conn().execute(f"SELECT id, {', '.join(names)} FROM answers ORDER BY id"):
+            row = dict(zip(names, values, strict=True))
+            row["has_span"] = bool(row["has_span"])
+            yield DerivedRow(view="answers", row=str(row_id), values=row)
+
+    def derived_documents(self) -> Iterator[DerivedRow]:
+        cursor = self._conn().execute(
+            "SELECT rowid, tenant, trace_id, record_id, doc_id, acl_tags FROM retrieved_docs ORDER BY rowid"
+        )
+        for row_id, tenant, trace_id, record_id, doc_id, acl_tags in cursor:
+            try:
+                tags = json.loads(acl_tags)
+            except (TypeError, ValueError):
+                tags = acl_tags
+            yield DerivedRow(view="retrieved_docs", row=str(row_id), values={
+                "tenant": tenant, "trace_id": trace_id, "record_id": record_id, "doc_id": doc_id, "acl_tags": tags,
+            })
+
+    def derived_feedback(self) -> Iterator[DerivedRow]:
+        for row_id, tenant, trace_id, score in self._conn().execute(
+            "SELECT rowid, tenant, trace_id, score FROM feedback ORDER BY rowid"
+        ):
+            yield DerivedRow(view="feedback", row=str(row_id), values={"tenant": tenant, "trace_id": trace_id, "score": score})
+
+    def derived_terms(self) -> FullTextIndex:
+        conn = self._conn()
+        # A view of the index's own entries, in this connection's temporary schema (nothing
+        # is written to the store); `ORDER BY term` is the vocabulary's own order (no sort).
+        conn.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.answers_fts_instances USING fts5vocab(main, answers_fts, 'instance')")
+        cursor = conn.execute("SELECT term, doc, col, offset FROM temp.answers_fts_instances ORDER BY term")
+        return FullTextIndex(view="answers_fts", tokenizer=FTS_TOKENIZE, instances=(tuple(row) for row in cursor))
+
+    def answer_records(self, tenant: str, spans: Sequence[tuple[str, str]]) -> dict[tuple[str, str], list[AuditRecord]]:
+        wanted = set(spans)
+        traces = sorted({trace_id for trace_id, _ in wanted})
+        found: dict[tuple[str, str], list[AuditRecord]] = {}
+        conn = self._conn()
+        for first in range(0, len(traces), 500):
+            chunk = traces[first : first + 500]
+            rows = conn.execute(
+                "SELECT trace_id, span_id, body FROM records WHERE tenant = ? AND kind = ? "
+                f"AND trace_id IN ({', '.join('?' * len(chunk))}) ORDER BY seq",
+                [tenant, Kind.COMPLETION.value, *chunk],
+            )
+            for trace_id, span_id, body in rows:
+                if (trace_id, span_id) in wanted:
+                    found.setdefault((trace_id, span_id), []).append(record_from_json(body))
+        return found
+
     # -- LogStore -----------------------------------------------------------------------
 
     def log_ids(self) -> list[str]:
@@ -462,8 +598,8 @@ class SqliteStore:
         ).fetchall()
         return [r[0] for r in rows]
 
-    def log_state(self, log_id: str) -> LogState | None:
-        row = self._conn().execute("SELECT state FROM logs WHERE log_id = ?", (log_id,)).fetchone()
+    def log_state(self, log_id: str, conn: sqlite3.Connection | None = None) -> LogState | None:
+        row = (conn or self._conn()).execute("SELECT state FROM logs WHERE log_id = ?", (log_id,)).fetchone()
         return LogState.from_dict(json.loads(row[0])) if row else None
 
     def log_size(self, log_id: str) -> int:
@@ -529,7 +665,7 @@ class SqliteStore:
 
     def create_key(self, tenant: str, role: Role) -> tuple[str, KeyInfo]:
         key_id, key = new_key()
-        info = KeyInfo(key_id=key_id, tenant=tenant, role=Role(role), created_at=_now())
+        info = KeyInfo(key_id=key_id, tenant=check_tenant(tenant), role=Role(role), created_at=_now())
         with self._transaction() as conn:
             conn.execute(
                 "INSERT INTO api_keys (key_id, key_hash, tenant, role, created_at) VALUES (?, ?, ?, ?, ?)",
