@@ -28,6 +28,9 @@ from aitrail.schemas.canonical import canonical_json
 from aitrail.schemas.record import Kind
 from aitrail.settings import load_settings
 from aitrail.store.sqlite import SqliteStore
+# At import (collection) time: importing tests.conftest runs it again as another module, which
+# points XDG_CONFIG_HOME (the signing keys) at a new folder; later, mid-test, keys would vanish.
+from tests.conftest import _opensearch
 from tests.factories import completion, iso
 
 TENANT = "acme"
@@ -110,8 +113,6 @@ class OpenSearchBackend:
         self.request = install.request
 
     def open(self):
-        from tests.conftest import _opensearch
-
         return _opensearch(self.request)
 
     def env(self) -> dict[str, str]:
@@ -134,6 +135,7 @@ class OpenSearchBackend:
                                                                      query={"query": {"match_all": {}}})]
 
     def wipe(self) -> None:
+        self.client.indices.refresh(index=self._all())  # delete_by_query only sees refreshed documents
         self.client.delete_by_query(index=self._all(), body={"query": {"match_all": {}}},
                                     params={"refresh": "true", "conflicts": "proceed"})
 
@@ -198,7 +200,7 @@ class Install:
 
     def keep_trusted(self, form: str) -> Path:
         """What an auditor saves: the JSON of GET /v1/checkpoints/latest, or every note."""
-        from query_api.service import CheckpointOut, CheckpointsOut
+        from aitrail.query_api.service import CheckpointOut, CheckpointsOut
 
         path = self.tmp / f"trusted-{form}.txt"
         if form == "json":  # the endpoint's own response model, as the auditor's client saved it
@@ -431,7 +433,7 @@ def test_fake_erasure_is_named(sqlite_install, capsys):
     assert code == 1 and "unexplained_erasure" in out
     # the replay shows it failed, not erased
     from aitrail.custody import trusted_verifiers
-    from query_api.integrity import Proofs
+    from aitrail.query_api.integrity import Proofs
 
     report = Proofs(inst.store, trusted_verifiers(inst.settings)).report([inst.store.get(TENANT, victim.record_id)])
     assert report["status"] == "failed" and report["records"][victim.record_id]["status"] == "failed"
@@ -454,7 +456,7 @@ def test_real_erasure_verifies_and_is_reported_erased(sqlite_install, capsys):
     assert code == 0 and "erased" in out and erasure.record_id in out
 
     from aitrail.custody import trusted_verifiers
-    from query_api.integrity import Proofs
+    from aitrail.query_api.integrity import Proofs
 
     proofs = Proofs(inst.store, trusted_verifiers(inst.settings))
     report = proofs.report([inst.store.get(TENANT, r.record_id) for r in erased[:3]])
