@@ -151,12 +151,13 @@ async def collector(
         async def assigned(partitions) -> None:
             if sequencing is None:
                 return
-            logs = {f"{tp.topic}.{tp.partition}": tp for tp in partitions}
-            await asyncio.to_thread(sequencing.assign, logs)
-            for log_id, tp in logs.items():
-                resume = await asyncio.to_thread(sequencing.resume_position, log_id)
-                if resume is not None:
-                    await bus.seek_forward(tp, resume)  # past what this log already holds
+            # Consumption resumes at the committed offset, never further: a partition holds the
+            # logs of several tenants, and a position past it taken from one tenant's log could
+            # skip another tenant's records that are not stored (its log lags, or does not exist
+            # yet). The committed offset is the one position every log of the partition is known
+            # to have passed; what lies between it and a log's end is replayed as no-ops (each
+            # log skips offsets below its own resume position, and stored records are skipped).
+            await asyncio.to_thread(sequencing.assign, [f"{tp.topic}.{tp.partition}" for tp in partitions])
 
         async def revoked(partitions) -> None:
             if sequencing is not None:
@@ -270,7 +271,8 @@ async def api(settings: Settings) -> AsyncIterator[int]:
     async with contextlib.AsyncExitStack() as stack:
         store = open_store(settings)
         stack.callback(store.close)
-        # The API seals its access records into a log of its own: no other process writes it.
+        # The API seals its access records into logs of its own, one per tenant
+        # (`<tenant>/access.<instance>`): no other process writes them.
         instance = settings.instance_name or socket.gethostname()
         # Signed with its own key: the API never holds the collectors' key.
         sequencing = open_sequencing(

@@ -23,6 +23,19 @@ class KafkaSettings(BaseModel):
     max_message_bytes: int = Field(1_000_000, gt=8192, description="Largest message the gateway produces.")
     partitions: int = Field(6, gt=0, description="Partitions of the topics the gateway creates when missing.")
     replication_factor: int = Field(1, gt=0, description="Replication of the topics the gateway creates.")
+    session_timeout_ms: int = Field(
+        10_000, ge=1_000, description="A collector silent this long loses its partitions to the others."
+    )
+    heartbeat_interval_ms: int = Field(1_000, ge=100, description="How often a collector tells the group it is alive.")
+
+    @model_validator(mode="after")
+    def _heartbeat_within_session(self) -> KafkaSettings:
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError(
+                f"kafka.heartbeat_interval_ms ({self.heartbeat_interval_ms}) must be at most a third of "
+                f"kafka.session_timeout_ms ({self.session_timeout_ms})"
+            )
+        return self
 
 
 class OpenSearchSettings(BaseModel):

@@ -32,12 +32,13 @@ from pathlib import Path
 
 import httpx
 
-from aitrail.collector.sequencing import Sequencing
+from aitrail.collector.sequencing import LOCAL_BASE, Sequencing
 from aitrail.embedded import EmbeddedThread
 from aitrail.integrity import merkle
 from aitrail.integrity.leaf import derive_salt, seal_with_hash
 from aitrail.integrity.note import Signer
 from aitrail.integrity.sequencer import LogSequencer, new_log
+from aitrail.tenancy import tenant_log_id
 from aitrail.integrity.verify import RecordStatus, verify_record
 from aitrail.query_api.integrity import Proofs
 from aitrail.settings import load_settings
@@ -49,6 +50,7 @@ from .common import drop_opensearch_layout, median, percentile, report
 from .data import build_requests, normalised
 
 TENANT = "bench"
+LOG = tenant_log_id(TENANT, LOCAL_BASE)  # the log all of the bench's records go to
 BATCH = 2000
 
 
@@ -113,7 +115,7 @@ def fill_log(store, records: list, signer: Signer) -> dict:
 
 def time_proofs(store, verifier, samples: int, seed: int = 3) -> dict:
     proofs = Proofs(store, verifier)
-    size = store.latest_checkpoint("local").size
+    size = store.latest_checkpoint(LOG).size
     rng = random.Random(seed)
     ids = [r[0] for r in store._conn().execute("SELECT record_id FROM records")] if isinstance(store, SqliteStore) else None
     return _time_proofs(store, proofs, verifier, ids, size, samples, rng)
@@ -180,7 +182,7 @@ def proofs_opensearch(records: list, samples: int, url: str) -> dict:
         store._client.indices.refresh(index=f"{prefix}-*")
         rng = random.Random(3)
         ids = [r.record_id for r in records]
-        size = store.latest_checkpoint("local").size
+        size = store.latest_checkpoint(LOG).size
         return filled | _time_proofs(store, Proofs(store, signer.verifier()), signer.verifier(), ids, size, samples, rng)
     finally:
         store.close()
@@ -208,7 +210,7 @@ def checkpoint_lag(seconds: float, rate: int, spans_per_request: int) -> dict:
 
             def poll() -> None:
                 while not stop.is_set():
-                    checkpoint = server.store.latest_checkpoint("local")
+                    checkpoint = server.store.latest_checkpoint(LOG)
                     size = checkpoint.size if checkpoint else 0
                     if size != changes[-1][1]:
                         changes.append((time.perf_counter(), size))

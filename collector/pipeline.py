@@ -25,6 +25,7 @@ from aitrail.errors import AitrailError, BadRequest, Fatal, Unavailable
 from aitrail.integrity import system
 from aitrail.otlp import decode_logs, decode_traces
 from aitrail.store.base import RecordWriter, WriteResult
+from aitrail.tenancy import check_tenant
 
 from .normalise import normalise_logs, normalise_traces
 
@@ -94,12 +95,18 @@ class Pipeline:
             ingested_at=ingested_at, pricer=self.pricer, pseudonymise=self.pseudonymise,
             collector_version=__version__,
         )
+        if message.signal == Signal.RECORDS:
+            records = system.decode(message.payload)
+            for record in records:
+                check_tenant(record.tenant)
+            return records
+        # The tenant (the aitrail-tenant header, else the default) names the record's Merkle
+        # log: one that could not be a log id is dead-lettered with the reason, never sealed.
+        check_tenant(tenant)
         if message.signal == Signal.TRACES:
             return normalise_traces(message.decoded or _decode(decode_traces, message), tenant, **common)
         if message.signal == Signal.LOGS:
             return normalise_logs(message.decoded or _decode(decode_logs, message), tenant, **common)
-        if message.signal == Signal.RECORDS:
-            return system.decode(message.payload)
         raise BadRequest(f"unknown signal {message.signal!r}")
 
 

@@ -1,9 +1,18 @@
 """Putting records into their Merkle logs on the way to the store.
 
-One log per Kafka partition (the partition's owner is its only sequencer; offset order is
-leaf order), one log (`local`) in embedded mode. A batch is planned, stored together with
-its log update, and only then committed to the in-memory sequencer; if storing fails, the
-plan is dropped and the same records are planned again, giving the same leaves.
+One log per tenant and source, so a checkpoint, a proof or a log's size says nothing about
+another tenant's traffic: `<tenant>/local` in embedded mode, `<tenant>/<topic>.<partition>`
+behind Kafka (the partition's owner is the only sequencer of each tenant's log of it; offset
+order is leaf order within each), `<tenant>/access.<instance>` for `aitrail api`'s access
+records. A batch is planned, stored together with its log updates, and only then committed
+to the in-memory sequencers; if storing fails, the plan is dropped and the same records are
+planned again, giving the same leaves.
+
+Log states are stored compare-and-set (`RecordWriter.write`'s `expected`): a sequencer whose
+log another process advanced (a collector that lost its partition while frozen) has its
+write refused with `FencedError`, drops what it cached and, if it still owns the partition,
+plans again from the stored state. Logs written before logs were per tenant (`local`,
+`<topic>.<partition>`) are left as they are and still verify.
 """
 
 from __future__ import annotations
@@ -15,23 +24,36 @@ from pathlib import Path
 
 from aitrail.custody import CheckpointMirror
 from aitrail.integrity.note import Signer
-from aitrail.integrity.sequencer import LogSequencer, LogUpdate, SignedCheckpoint, new_log
+from aitrail.integrity.sequencer import ForkError, LogSequencer, LogState, LogUpdate, SignedCheckpoint, new_log
 from aitrail.schemas.record import AuditRecord
-from aitrail.store.base import Store, WriteResult
+from aitrail.store.base import FencedError, Store, WriteResult
+from aitrail.tenancy import check_tenant, log_tenant, tenant_log_id
 
 log = logging.getLogger(__name__)
 
-LOCAL_LOG = "local"
+LOCAL_BASE = "local"  # embedded mode: every tenant's log is `<tenant>/local`
 
 
-def log_id_for(record: AuditRecord, default: str = LOCAL_LOG) -> str:
+def source_of(record: AuditRecord, default: str = LOCAL_BASE) -> str:
+    """Where a record came from: its Kafka partition `<topic>.<partition>`, else `default`.
+    The unit a process owns (a partition) and the part of a log id after the tenant."""
     position = record.kafka
     return default if position is None else f"{position.topic}.{position.partition}"
 
 
+def log_id_for(record: AuditRecord, default: str = LOCAL_BASE) -> str:
+    """The log a record is sealed into: `<tenant>/<source>`. Raises InvalidInput for a tenant
+    name that could not be part of a log id (the pipeline dead-letters those before)."""
+    return tenant_log_id(check_tenant(record.tenant), source_of(record, default))
+
+
+def _source_of_log(log_id: str) -> str:
+    return log_id.partition("/")[2] if log_tenant(log_id) is not None else log_id
+
+
 class Sequencing:
     """Seals records into their logs and stores them with the log updates. Thread-safe: one
-    lock serialises batches and timer checkpoints (each log has one writer)."""
+    lock serialises batches, timer checkpoints and partition (re)assignments."""
 
     def __init__(
         self,
@@ -42,10 +64,11 @@ class Sequencing:
         checkpoint_every: int = 256,
         checkpoint_interval_s: float = 1.0,
         checkpoint_file: CheckpointMirror | None = None,
-        default_log: str = LOCAL_LOG,
+        default_log: str = LOCAL_BASE,
     ) -> None:
         self.store = store
-        self.default_log = default_log  # the log of records that did not come through Kafka
+        # The source of records that did not come through Kafka: their logs are `<tenant>/<default_log>`.
+        self.default_log = default_log
         self.signer = signer
         self.origin = origin
         self._every = checkpoint_every
@@ -54,7 +77,8 @@ class Sequencing:
         self._sequencers: dict[str, LogSequencer] = {}
         self._subject_keys: dict[tuple[str, str], bytes] = {}
         self._lock = threading.Lock()
-        # Kafka mode: the logs (partitions) this process owns; None means every log (embedded).
+        # Kafka mode: the sources (partitions, `<topic>.<partition>`) this process owns; None
+        # means every source (embedded, the API). Each holds the logs of several tenants.
         self._owned: set[str] | None = None
 
     def _sequencer(self, log_id: str) -> LogSequencer:
@@ -67,27 +91,27 @@ class Sequencing:
             self._sequencers[log_id] = sequencer
         return sequencer
 
-    def resume_position(self, log_id: str) -> int | None:
-        """Where the source should resume for this log: the offset after its last leaf."""
-        with self._lock:
-            return self._sequencer(log_id).state.source_position
+    def _drop(self, sources: set[str]) -> None:
+        for log_id in [l for l in self._sequencers if _source_of_log(l) in sources]:
+            del self._sequencers[log_id]
 
-    def assign(self, log_ids: Iterable[str]) -> None:
-        """This process now owns these logs (partitions assigned); it resumes each from its
-        stored state."""
+    def assign(self, sources: Iterable[str]) -> None:
+        """This process now owns these partitions; each of their tenant logs is reloaded from
+        the store on its next batch (another owner may have advanced it)."""
+        sources = set(sources)
         with self._lock:
-            self._owned = (self._owned or set()) | set(log_ids)
-            for log_id in log_ids:
-                self._sequencers.pop(log_id, None)  # reload: another owner may have advanced it
+            self._owned = (self._owned or set()) | sources
+            self._drop(sources)
 
-    def forget(self, log_ids: Iterable[str]) -> None:
-        """This process no longer owns these logs (partitions revoked): batches still in
-        flight for them are not sequenced here (the new owner replays them)."""
+    def forget(self, sources: Iterable[str]) -> None:
+        """This process no longer owns these partitions (revoked): batches still in flight for
+        them are not sequenced here (the new owner replays them). Takes the lock, so a batch
+        being written when the partition is revoked completes first and none starts after."""
+        sources = set(sources)
         with self._lock:
-            for log_id in log_ids:
-                self._sequencers.pop(log_id, None)
-                if self._owned is not None:
-                    self._owned.discard(log_id)
+            self._drop(sources)
+            if self._owned is not None:
+                self._owned -= sources
 
     def subject_key(self, record: AuditRecord) -> bytes:
         """The key a record's content salt derives from: one per data subject, so erasing a
@@ -100,10 +124,12 @@ class Sequencing:
 
     def write(self, records: Sequence[AuditRecord]) -> WriteResult:
         """Sequence and store `records`. Duplicates: records already sealed into a leaf that
-        their log's stored state covers, and Kafka messages below the log's resume position
-        (sequenced before a crash). A record a failed write stored beyond its log's state is
-        planned again; the same batch from the same state gets the same leaves, so the
-        partial write is completed, never forked."""
+        their log's stored state covers, and Kafka messages below their log's resume position
+        (sequenced before a crash; each tenant log of a partition keeps its own position). A
+        record a failed write stored beyond its log's state is planned again; the same batch
+        from the same state gets the same leaves, so the partial write is completed, never
+        forked. `FencedError` (another sequencer advanced a log) or `ForkError`: nothing of
+        this batch is committed here, and its logs are reloaded from the store next time."""
         with self._lock:
             stored = self.store.existing([r.record_id for r in records])
             by_log: dict[str, list[AuditRecord]] = {}
@@ -111,9 +137,9 @@ class Sequencing:
             for record in records:
                 if record.record_id in seen or self._committed(stored.get(record.record_id)):
                     continue
-                log_id = log_id_for(record, self.default_log)
-                if self._owned is not None and log_id not in self._owned:
+                if self._owned is not None and source_of(record, self.default_log) not in self._owned:
                     continue
+                log_id = log_id_for(record, self.default_log)
                 resume = self._sequencer(log_id).state.source_position
                 if record.kafka is not None and resume is not None and record.kafka.offset < resume:
                     continue
@@ -121,7 +147,19 @@ class Sequencing:
                 by_log.setdefault(log_id, []).append(record)
             plans = [self._sequencer(log_id).plan(batch, self.subject_key) for log_id, batch in by_log.items()]
             sealed = [r for plan in plans for r in plan.records]
-            result = self.store.write(sealed, [plan.update for plan in plans])
+            try:
+                result = self.store.write(
+                    sealed, [plan.update for plan in plans],
+                    expected={plan.update.log_id: _stored_base(plan.base) for plan in plans},
+                )
+            except (FencedError, ForkError) as exc:
+                # Another writer's state (or nodes) is in the store: what this process cached
+                # of these logs is stale. Reload them on the next attempt, which, if the
+                # partitions were revoked meanwhile, `forget` turns into skipping them.
+                for plan in plans:
+                    self._sequencers.pop(plan.update.log_id, None)
+                log.warning("batch not sequenced, its logs will be reloaded: %s", exc)
+                raise
             for plan in plans:
                 self._sequencers[plan.update.log_id].commit(plan)
             self._keep([cp for plan in plans for cp in plan.update.checkpoints])
@@ -142,14 +180,22 @@ class Sequencing:
         interval (traffic stopped); returns how many were signed."""
         with self._lock:
             signed: list[SignedCheckpoint] = []
-            for sequencer in self._sequencers.values():
-                cp = sequencer.pending_checkpoint()
-                if cp is None:
-                    continue
-                state = sequencer.commit_checkpoint(cp)
-                self.store.write([], [LogUpdate(cp.log_id, state, [], [cp])])
-                signed.append(cp)
-            self._keep(signed)
+            try:
+                for log_id, sequencer in list(self._sequencers.items()):
+                    cp = sequencer.pending_checkpoint()
+                    if cp is None:
+                        continue
+                    base = sequencer.state
+                    state = sequencer.commit_checkpoint(cp)
+                    try:
+                        self.store.write([], [LogUpdate(cp.log_id, state, [], [cp])], expected={log_id: _stored_base(base)})
+                    except BaseException:
+                        # The sequencer adopted a state the store may not hold: reload it.
+                        self._sequencers.pop(log_id, None)
+                        raise
+                    signed.append(cp)
+            finally:
+                self._keep(signed)
             return len(signed)
 
     def _keep(self, checkpoints: list[SignedCheckpoint]) -> None:
@@ -157,12 +203,20 @@ class Sequencing:
             self._file.append(checkpoints)
 
 
+def _stored_base(state: LogState) -> LogState | None:
+    """What the store must hold for a plan from `state` to be written: None for a log that
+    has no leaves yet (never stored), else that state."""
+    return None if state.size == 0 else state
+
+
 def open_sequencing(
-    settings, store: Store, *, create_key: bool, default_log: str = LOCAL_LOG, key_path: Path | None = None
+    settings, store: Store, *, create_key: bool, default_log: str = LOCAL_BASE, key_path: Path | None = None
 ) -> Sequencing | None:
     """The sequencing of this process, or None when integrity is switched off. Services that
     must share one key (collector replicas) do not create it: `aitrail keys signing --create`.
-    `key_path`: another key than the logs' (`aitrail api` signs its access log with its own)."""
+    `default_log`: the source of records that do not come through Kafka (`local`,
+    `access.<instance>`). `key_path`: another key than the logs' (`aitrail api` signs its
+    access log with its own)."""
     from aitrail.custody import CheckpointMirror, ensure_key, ensure_signing_key, load_key, signing_key_path
     from aitrail.errors import ConfigError
 

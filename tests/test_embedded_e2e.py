@@ -300,7 +300,7 @@ def test_replay_reports_integrity_and_proofs_verify_offline(server, keys):
     replay = wait_verified(server, keys, trace_id)
     (record,) = replay["records"]
     assert record["integrity"]["status"] == "verified"
-    assert record["log_id"] == "local" and isinstance(record["leaf_index"], int)
+    assert record["log_id"] == "acme/local" and isinstance(record["leaf_index"], int)  # acme's own log
 
     proof = get(server, keys, f"/v1/records/{record['record_id']}/proof").json()
     assert proof["status"] == "verified" and proof["tree_size"] > proof["leaf_index"]
@@ -329,7 +329,7 @@ def test_verify_cli_on_the_running_store(server, keys, capsys):
     data_dir = str(server.settings.data_dir)
     assert main(["verify", "--data-dir", data_dir]) == 0
     out = capsys.readouterr()
-    assert "log local: OK" in out.err + out.out
+    assert "log acme/local: OK" in out.err + out.out
     record_id = get(server, keys, "/v1/answers", q="warranty grpc").json()["data"][0]["record_id"]
     assert main(["verify", "--record", record_id, "--tenant", "acme", "--data-dir", data_dir]) == 0
     assert "verified" in capsys.readouterr().out
@@ -345,12 +345,12 @@ def test_system_records_join_the_log(server, keys, capsys):
     server.call(append_system_records(server.bus, [record]))
     stored = server.store.get("acme", record.record_id)
     assert stored.kind == "retention" and stored.origin == "system" and stored.details["count"] == 12
-    assert stored.log_id == "local" and stored.leaf_hash is not None
+    assert stored.log_id == "acme/local" and stored.leaf_hash is not None
     server.call(append_system_records(server.bus, [record]))  # appending again is a no-op
-    assert [r.record_id for r in server.store.records_in_log("local")].count(record.record_id) == 1
+    assert [r.record_id for r in server.store.records_in_log("acme/local")].count(record.record_id) == 1
     deadline = time.monotonic() + 30
-    while server.store.latest_checkpoint("local").size <= stored.leaf_index:
+    while server.store.latest_checkpoint("acme/local").size <= stored.leaf_index:
         assert time.monotonic() < deadline, "no checkpoint covered the system record"
         time.sleep(0.1)
-    assert main(["verify", "--log", "local", "--data-dir", str(server.settings.data_dir)]) == 0
+    assert main(["verify", "--log", "acme/local", "--data-dir", str(server.settings.data_dir)]) == 0
     capsys.readouterr()

@@ -241,7 +241,8 @@ class KafkaBus:
                 self._consumer = AIOKafkaConsumer(
                     bootstrap_servers=self.settings.bootstrap_servers, group_id=self.settings.group_id,
                     enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=self._max_batch,
-                    session_timeout_ms=10_000, heartbeat_interval_ms=1_000, max_poll_interval_ms=300_000,
+                    session_timeout_ms=self.settings.session_timeout_ms,
+                    heartbeat_interval_ms=self.settings.heartbeat_interval_ms, max_poll_interval_ms=300_000,
                 )
                 self._consumer.subscribe([self.settings.topic], listener=_Listener(self))
                 await self._consumer.start()
@@ -398,14 +399,6 @@ class KafkaBus:
             await self._consumer.commit(mine)
         except KafkaError as exc:  # e.g. a rebalance took the partition: the new owner replays
             log.warning("offset commit failed (the messages will be delivered again): %s", exc)
-
-    async def seek_forward(self, tp: TopicPartition, offset: int) -> None:
-        """Start consuming `tp` at `offset` if the committed position is behind it (records up
-        to there are already stored: a crash came between storing and committing)."""
-        committed = await self._consumer.committed(tp)
-        if committed is None or committed < offset:
-            log.info("resuming %s at offset %d (committed: %s)", tp, offset, committed)
-            self._consumer.seek(tp, offset)
 
     def _rewind(self, offsets: dict[TopicPartition, int], *, new_generation: bool) -> None:
         if new_generation:

@@ -15,8 +15,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
+from aitrail.errors import Unavailable
 from aitrail.integrity.sequencer import LogState, LogUpdate, SignedCheckpoint
 from aitrail.schemas.record import AuditRecord
 
@@ -142,17 +143,101 @@ class DeadLetter:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class StoredRecord:
+    """A record as the store holds it: the sealed body, and the store's own copies of body
+    fields it filters and sorts by (which an operator could edit without touching the body)."""
+
+    view: str  # where the store keeps records: SQLite `records`, OpenSearch the records index
+    row: str  # which row or document: SQLite `seq`, OpenSearch `<index>/<_id>`
+    columns: dict[str, Any]  # those copies by field name (SQLite: the records table's columns; OpenSearch: `record_id` = `_id`)
+    record: AuditRecord | None  # the body; None when it does not parse (`error` says why)
+    error: str | None = None
+    order: int | None = None  # arrival position where the store knows it (SQLite `seq`; OpenSearch the leaf index)
+
+
+@dataclass(frozen=True)
+class DerivedRow:
+    """One row (SQLite) or document (OpenSearch) of a derived view, as stored."""
+
+    view: str  # table or index name
+    row: str  # rowid or `_id`
+    values: dict[str, Any]  # by field name; every field the view keeps, None when absent
+
+
+@dataclass(frozen=True)
+class FullTextIndex:
+    """A full-text index kept apart from the rows it indexes (SQLite's contentless FTS5 over
+    `answers.terms`), as the instances of its terms."""
+
+    view: str
+    tokenizer: str  # the FTS5 `tokenize` argument it was built with, to rebuild it elsewhere
+    instances: Iterator[tuple[str, int, str, int]]  # (term, rowid of the answers row, column, offset), term order
+
+
+class FencedError(Unavailable):
+    """Another sequencer advanced a log since this writer read its state (a collector that
+    lost its partition, frozen and resumed): the stale write is refused, that log's state is
+    left as the other writer stored it. Retriable, so the batch is not committed; the writer
+    drops what it cached of the log and, if it still owns the partition, plans again from
+    the stored state."""
+
+    code = "fenced"
+
+    def __init__(self, message: str, log_ids: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.log_ids = list(log_ids)
+
+
+def state_to_write(
+    log_id: str, stored: LogState | None, new: LogState, expected: Mapping[str, LogState | None]
+) -> bool:
+    """The compare of `RecordWriter.write`'s compare-and-set, for one log: True when `new` is
+    to be written over `stored`, False when the log already holds it (a replay); FencedError
+    when `new` does not extend the state it was planned from (or, without an expectation,
+    would rewind the log)."""
+    if stored == new:
+        return False
+    if log_id in expected:
+        base = expected[log_id]
+        if stored == base or (base is None and stored.size == 0):
+            return True
+        raise FencedError(
+            f"log {log_id} was advanced by another sequencer to size {stored.size if stored else 0}; "
+            f"this write, planned from size {base.size if base else 0}, is refused (fenced)", [log_id]
+        )
+    if stored is not None and stored.size > new.size:
+        raise FencedError(f"log {log_id} holds {stored.size} leaves; refusing to rewind it to {new.size}", [log_id])
+    return True
+
+
 class RecordWriter(Protocol):
-    def write(self, records: Sequence[AuditRecord], updates: Sequence[LogUpdate] = ()) -> WriteResult:
+    def write(
+        self,
+        records: Sequence[AuditRecord],
+        updates: Sequence[LogUpdate] = (),
+        *,
+        expected: Mapping[str, LogState | None] | None = None,
+    ) -> WriteResult:
         """Store `records`, and with them the Merkle-log `updates` their sequencing produced
         (new log state, tree nodes, signed checkpoints). Returns only once all of it is
         durable (SQLite: one transaction, fully fsync'd; OpenSearch: the records' bulk
         acknowledged first, then the updates). Idempotent: a record whose `record_id` is
         already stored counts as a duplicate and is left untouched; nodes and checkpoints
-        already stored with the same value are no-ops. A checkpoint stored for the same log
-        and size with a different root is a fork: `ForkError`, nothing written. Raises a
-        retriable `AitrailError` when the backend is unavailable; then nothing or only part
-        of the batch may be stored, and writing the whole batch again is correct."""
+        already stored with the same value are no-ops, and so is writing a state the log
+        already has. A checkpoint stored for the same log and size with a different root, or
+        (OpenSearch) a tree node stored with a different hash, is a fork: `ForkError` naming
+        the log and the size or node; nothing more is written.
+
+        Log states are compare-and-set. `expected` maps a log id to the state its update was
+        planned from (None: a log without a stored state yet); the update's state is stored
+        only if the log is still in that state, else `FencedError` and nothing of the batch
+        is written (OpenSearch checks before writing and again, atomically, on the state
+        itself). A log without an entry only refuses to be rewound (a stored state of larger
+        size: `FencedError`).
+
+        Raises a retriable `AitrailError` when the backend is unavailable; then nothing or
+        only part of the batch may be stored, and writing the whole batch again is correct."""
         ...
 
     def existing(self, record_ids: Sequence[str]) -> dict[str, tuple[str | None, int | None]]:
@@ -234,7 +319,50 @@ class KeyStore(Protocol):
     def revoke_key(self, key_id: str) -> bool: ...
 
 
-class Store(RecordWriter, RecordReader, LogStore, KeyStore, Protocol):
+class ViewReader(Protocol):
+    """Read-only access to the derived views, so `aitrail.integrity.views.verify_views` can
+    rebuild each of them from the sealed records and name every row that differs. Every
+    method streams (any size), reads all tenants, and never writes. Ordering is left to the
+    caller: it sorts on its own copy, keyed by the sealed bodies, not by the store's columns."""
+
+    def record_columns(self) -> Iterator[StoredRecord]:
+        """Every stored record, any tenant, with the store's own copies of its fields."""
+        ...
+
+    def derived_answers(self) -> Iterator[DerivedRow]:
+        """The answers view (what `search_answers` and `costs` read): one row per completion
+        span, `values` holding `tenant`, `trace_id`, `span_id`, `record_id`, `has_span` (bool)
+        and every merged field the backend keeps (SQLite adds `terms`, OpenSearch `day` and
+        `fragments`)."""
+        ...
+
+    def derived_documents(self) -> Iterator[DerivedRow] | None:
+        """The retrieved documents the document-ACL filters (`visible_to`, `exposed_to`) read,
+        one row per document of a retrieval record: `tenant`, `trace_id`, `record_id`,
+        `doc_id`, `acl_tags` (a list, or the stored text when it is not one). None when the
+        backend keeps no such view (OpenSearch filters on the records themselves)."""
+        ...
+
+    def derived_feedback(self) -> Iterator[DerivedRow] | None:
+        """The feedback scores `cost_summary` counts useful actions by: `tenant`, `trace_id`,
+        `score` per feedback record. None when the backend keeps no such view (OpenSearch)."""
+        ...
+
+    def derived_terms(self) -> FullTextIndex | None:
+        """The full-text index of the answers when it is a structure of its own (SQLite);
+        None when the backend analyses the answers' own fields (OpenSearch)."""
+        ...
+
+    def answer_records(self, tenant: str, spans: Sequence[tuple[str, str]]) -> dict[tuple[str, str], list[AuditRecord]]:
+        """The completion records (the span's and its log-event fragments) of each
+        (trace_id, span_id), for this tenant, in one batched read, each list in arrival order
+        (SQLite: as stored; OpenSearch: leaf order). Found by the store's indexed copies of
+        tenant, kind, trace and span: a caller that must not trust them checks each body.
+        Pairs with no record are left out."""
+        ...
+
+
+class Store(RecordWriter, RecordReader, LogStore, ViewReader, KeyStore, Protocol):
     def ping(self) -> bool:
         """True when the backend answers (readiness)."""
         ...

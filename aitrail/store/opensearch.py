@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 import orjson
 from opensearchpy import OpenSearch
+from opensearchpy.helpers import scan
 from opensearchpy.exceptions import (
     ConflictError,
     ConnectionError,
@@ -49,6 +50,7 @@ from aitrail.integrity.sequencer import ForkError, LogState, LogUpdate, SignedCh
 from aitrail.schemas.canonical import canonical_json
 from aitrail.schemas.generate import DATE, MULTILINGUAL_TEXT, index_template
 from aitrail.schemas.record import AuditRecord, Kind
+from aitrail.tenancy import check_tenant
 
 from .base import (
     COST_GROUPS,
@@ -58,11 +60,16 @@ from .base import (
     CostQuery,
     CostRow,
     CostSummary,
+    DerivedRow,
+    FullTextIndex,
     KeyInfo,
     Principal,
     RecordQuery,
     Role,
+    StoredRecord,
     WriteResult,
+    FencedError,
+    state_to_write,
 )
 from .keys import PREFIX as KEY_PREFIX
 from .keys import hash_key, new_key
@@ -77,6 +84,7 @@ _TIMEOUT_S = 30
 _PAGE = 10_000  # index.max_result_window: the largest page one search may return
 _GROUPS_PAGE = 1_000  # cost groups per composite aggregation page
 _KEYS_PAGE = 50_000  # trace ids per composite aggregation page (below search.max_buckets, 65,535)
+_SCAN_PAGE = 2_000  # hits per scroll page when reading whole indices
 _MAX_TERMS = 65_536  # index.max_terms_count: the most values one `terms` query may hold
 # Where a missing date sorts: the epoch, the least `date_nanos` value, so last when descending
 # and first when ascending. Not `missing: _last`/`_first`: those sort it as Long.MIN_VALUE,
@@ -484,15 +492,23 @@ class OpenSearchStore:
 
     # -- RecordWriter -------------------------------------------------------------------
 
-    def write(self, records: Sequence[AuditRecord], updates: Sequence[LogUpdate] = ()) -> WriteResult:
-        """Records first (then their answers), then the log updates: nodes and checkpoints,
-        and last the log states, so a stored state never points past stored nodes. Not one
-        transaction: a failure may leave part of it stored (writing it all again is correct)."""
-        if updates:
-            self._check_forks(updates)
+    def write(
+        self,
+        records: Sequence[AuditRecord],
+        updates: Sequence[LogUpdate] = (),
+        *,
+        expected: Mapping[str, LogState | None] | None = None,
+    ) -> WriteResult:
+        """The log states are read and compared first (nothing is written for a stale plan),
+        then the records (then their answers), then nodes and checkpoints, and last the log
+        states, each on condition of the version read at the start (`if_seq_no`), so a
+        stored state never points past stored nodes and no writer replaces a state it did
+        not read. Not one transaction: a failure may leave part of it stored (writing it all
+        again is correct)."""
+        versions = self._check_logs(updates, expected or {}) if updates else {}
         result = self._write_records(records) if records else WriteResult(0, 0)
         if updates:
-            self._write_updates(updates)
+            self._write_updates(updates, versions)
         return result
 
     def _write_records(self, records: Sequence[AuditRecord]) -> WriteResult:
@@ -878,60 +894,173 @@ class OpenSearchStore:
                 return rows
             composite["after"] = result["after_key"]
 
+    # -- ViewReader (read-only, for aitrail.integrity.views) ----------------------------
+
+    def _scan(self, index: str, what: str, query: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        """Every matching hit (`_index`, `_id`, `_source`) by a scroll, in no particular order."""
+        with self._calling(what):
+            yield from scan(self._client, index=index, query={"query": query or {"match_all": {}}}, size=_SCAN_PAGE)
+
+    def record_columns(self) -> Iterator[StoredRecord]:
+        """The indexed fields are the body's own; the one copy kept apart is the `_id`."""
+        for hit in self._scan(self.records_pattern, "reading every record"):
+            source = hit["_source"]
+            try:
+                record, error = AuditRecord.model_validate(source), None
+            except ValueError as exc:
+                record, error = None, str(exc)
+            leaf = source.get("leaf_index") if isinstance(source, dict) else None
+            yield StoredRecord(view=hit["_index"], row=f"{hit['_index']}/{hit['_id']}", columns={"record_id": hit["_id"]},
+                               record=record, error=error, order=leaf if isinstance(leaf, int) else None)
+
+    def derived_answers(self) -> Iterator[DerivedRow]:
+        fields = list(_ANSWERS_MAPPING["properties"])
+        for hit in self._scan(self.answers_index, "reading every answer"):
+            source = hit["_source"]
+            yield DerivedRow(view=self.answers_index, row=hit["_id"], values={f: source.get(f) for f in fields})
+
+    def derived_documents(self) -> None:
+        """None: the document-ACL filters read the retrieval records themselves."""
+        return None
+
+    def derived_feedback(self) -> None:
+        """None: useful actions are counted from the feedback records themselves."""
+        return None
+
+    def derived_terms(self) -> None:
+        """None: full text is OpenSearch's analysis of the answers documents' own fields."""
+        return None
+
+    def answer_records(self, tenant: str, spans: Sequence[tuple[str, str]]) -> dict[tuple[str, str], list[AuditRecord]]:
+        wanted = set(spans)
+        found: dict[tuple[str, str], list[AuditRecord]] = {}
+        if not wanted:
+            return found
+        query = {"bool": {"filter": [
+            {"term": {"tenant": tenant}}, {"term": {"kind": Kind.COMPLETION.value}},
+            self._any_of("trace_id", sorted({trace_id for trace_id, _ in wanted})),
+        ]}}
+        sort = [{"leaf_index": {"order": "asc", "missing": "_last"}}, {"record_id": "asc"}]
+        seen: set[str] = set()
+        for source in self._paged(self.records_pattern, query, sort, "reading completions"):
+            key = (source.get("trace_id"), source.get("span_id"))
+            if key in wanted and source.get("record_id") not in seen:  # a record in two indices: once
+                seen.add(source.get("record_id"))
+                found.setdefault(key, []).append(AuditRecord.model_validate(source))
+        return found
+
     # -- Merkle logs --------------------------------------------------------------------
 
-    def _check_forks(self, updates: Sequence[LogUpdate]) -> None:
-        """Before anything is written: a checkpoint already stored for the same log and size
-        must have the same root."""
+    def _check_logs(
+        self, updates: Sequence[LogUpdate], expected: Mapping[str, LogState | None]
+    ) -> dict[str, tuple[int, int] | None]:
+        """Before anything is written, in one real-time read: each log's stored state must be
+        the one its update was planned from (`state_to_write`), and a checkpoint already
+        stored for the same log and size must have the same root. Returns, for each log whose
+        state is to be written, the version to write it on: (seq_no, primary_term), or None
+        to create it."""
+        states = {u.log_id: u.state for u in updates}  # the last one per log
         wanted = {f"{cp.log_id}/{cp.size}": cp for u in updates for cp in u.checkpoints}
-        if not wanted:
-            return
-        docs = [{"_index": self.checkpoints_index, "_id": i} for i in wanted]
-        with self._calling("reading checkpoints", client_error=InvalidInput):
-            response = self._client.mget(body={"docs": docs}, params={"filter_path": "docs._id,docs._source.root_hash"})
-        for doc in response.get("docs", []):
-            stored = doc.get("_source", {}).get("root_hash")
-            cp = wanted[doc["_id"]]
+        docs = [{"_index": self.logs_index, "_id": i} for i in states]
+        docs += [{"_index": self.checkpoints_index, "_id": i, "_source": ["root_hash"]} for i in wanted]
+        with self._calling("reading log states", client_error=InvalidInput):
+            found = self._client.mget(body={"docs": docs})["docs"]
+        for doc in found:
+            if "error" in doc:
+                raise Unavailable(f"OpenSearch layout incomplete (reading log states): {_reason(doc['error'])}")
+        for cp, doc in zip(wanted.values(), found[len(states):], strict=True):
+            stored = (doc.get("_source") or {}).get("root_hash")
             if stored is not None and stored != cp.root_hash.hex():
                 raise ForkError(f"log {cp.log_id} already has a different checkpoint for size {cp.size}")
+        versions: dict[str, tuple[int, int] | None] = {}
+        for (log_id, state), doc in zip(states.items(), found[: len(states)], strict=True):
+            stored = LogState.from_dict(doc["_source"]) if doc.get("found") else None
+            if state_to_write(log_id, stored, state, expected):
+                versions[log_id] = (doc["_seq_no"], doc["_primary_term"]) if doc.get("found") else None
+        return versions
 
-    def _write_updates(self, updates: Sequence[LogUpdate]) -> None:
+    def _write_updates(self, updates: Sequence[LogUpdate], versions: Mapping[str, tuple[int, int] | None]) -> None:
         lines: list[bytes] = []
+        ours: dict[tuple[str, str], str] = {}  # (index, _id) -> the hash or root we write
         nodes, checkpoints = self.nodes_index, self.checkpoints_index
         for u in updates:
             for level, index, digest in u.nodes:
+                ours[nodes, f"{u.log_id}/{level}/{index}"] = digest.hex()
                 lines.append(orjson.dumps({"create": {"_index": nodes, "_id": f"{u.log_id}/{level}/{index}"}}))
                 lines.append(orjson.dumps({"log_id": u.log_id, "hash": digest.hex()}))
             for cp in u.checkpoints:
+                ours[checkpoints, f"{cp.log_id}/{cp.size}"] = cp.root_hash.hex()
                 lines.append(orjson.dumps({"create": {"_index": checkpoints, "_id": f"{cp.log_id}/{cp.size}"}}))
                 lines.append(orjson.dumps(cp.to_dict()))
         if lines:  # checkpoints are searched, so they follow `refresh`; nodes and states are read by id
-            self._bulk_log_items(lines, "writing Merkle nodes and checkpoints", searched=True)
+            self._same_as_stored(self._bulk_log_items(lines, "writing Merkle nodes and checkpoints", searched=True), ours)
         states: dict[str, LogState] = {u.log_id: u.state for u in updates}  # the last one per log
         lines = []
-        for log_id, state in states.items():
-            lines.append(orjson.dumps({"index": {"_index": self.logs_index, "_id": log_id}}))
-            lines.append(orjson.dumps(state.to_dict()))
-        self._bulk_log_items(lines, "writing log states", searched=False)
+        for log_id, version in versions.items():
+            if version is None:  # a new log: only if no other writer created it meanwhile
+                lines.append(orjson.dumps({"create": {"_index": self.logs_index, "_id": log_id}}))
+            else:  # compare-and-set on the version read before the batch was written
+                lines.append(orjson.dumps({"index": {"_index": self.logs_index, "_id": log_id,
+                                                     "if_seq_no": version[0], "if_primary_term": version[1]}}))
+            lines.append(orjson.dumps(states[log_id].to_dict()))
+        if not lines:
+            return
+        # A conflict is another sequencer's state, unless it is exactly ours (a write whose
+        # answer was lost, replayed).
+        fenced = [log_id for _, log_id in self._bulk_log_items(lines, "writing log states", searched=False)
+                  if self.log_state(log_id) != states[log_id]]
+        if fenced:
+            raise FencedError(
+                f"log {', '.join(fenced)} was advanced by another sequencer while this batch was written; "
+                "its state is refused (fenced)", fenced,
+            )
 
-    def _bulk_log_items(self, lines: list[bytes], what: str, *, searched: bool) -> None:
-        """Our own documents: a 409 on `create` is the same value stored before (ids are
-        content addresses in the log), anything else is retriable or a bug."""
+    def _bulk_log_items(self, lines: list[bytes], what: str, *, searched: bool) -> list[tuple[str, str]]:
+        """Our own documents, all `create` or conditional: returns the (index, _id) of those
+        refused with 409 (already there, or another version) for the caller to compare;
+        anything else is retriable or a bug."""
         with self._calling(what):
             response = self._client.bulk(
                 body=b"\n".join(lines) + b"\n",
-                params={"filter_path": "errors,items.*.status,items.*.error,items.*._id"},
+                params={"filter_path": "errors,items.*.status,items.*.error,items.*._id,items.*._index"},
                 **(self._refresh_param() if searched else {}),
             )
         if not response.get("errors"):
-            return
+            return []
+        conflicts = []
         for item in response["items"]:
             ((_, result),) = item.items()
             status = result["status"]
-            if status < 300 or status == 409:
+            if status < 300:
+                continue
+            if status == 409:
+                conflicts.append((result["_index"], result["_id"]))
                 continue
             reason = f"{what}: {result.get('_id')}: {status} {_reason(result.get('error'))}"
             raise Unavailable(reason) if _retriable_status(status) else AitrailError(reason)
+        return conflicts
+
+    def _same_as_stored(self, conflicts: list[tuple[str, str]], ours: Mapping[tuple[str, str], str]) -> None:
+        """Nodes and checkpoints that were already stored must hold what we wrote: a node
+        or checkpoint with another hash is a fork (a stale writer, or a forgery); refuse."""
+        if not conflicts:
+            return
+        docs = [{"_index": index, "_id": doc_id, "_source": ["hash", "root_hash"]} for index, doc_id in conflicts]
+        with self._calling("comparing stored Merkle nodes and checkpoints"):
+            found = self._client.mget(body={"docs": docs})["docs"]
+        for (index, doc_id), doc in zip(conflicts, found, strict=True):
+            source = doc.get("_source") or {}
+            stored = source.get("hash") if index == self.nodes_index else source.get("root_hash")
+            if stored == ours[index, doc_id]:
+                continue
+            if index == self.nodes_index:
+                log_id, level, node = doc_id.rsplit("/", 2)
+                raise ForkError(
+                    f"log {log_id}: Merkle node at level {level}, index {node} is stored with hash {stored}, "
+                    f"this write has {ours[index, doc_id]}: refusing to fork the log"
+                )
+            log_id, size = doc_id.rsplit("/", 1)
+            raise ForkError(f"log {log_id} already has a different checkpoint for size {size}")
 
     def log_ids(self) -> list[str]:
         """Logs with a stored state, and logs that records claim (even without a state)."""
@@ -1007,7 +1136,7 @@ class OpenSearchStore:
 
     def create_key(self, tenant: str, role: Role) -> tuple[str, KeyInfo]:
         key_id, key = new_key()
-        info = KeyInfo(key_id=key_id, tenant=tenant, role=Role(role), created_at=_now())
+        info = KeyInfo(key_id=key_id, tenant=check_tenant(tenant), role=Role(role), created_at=_now())
         doc = {"key_id": key_id, "key_hash": hash_key(key), "tenant": tenant, "role": info.role.value,
                "created_at": info.created_at}
         with self._calling("creating a key", client_error=InvalidInput):
@@ -1088,7 +1217,8 @@ class OpenSearchStore:
         checkpoints, written with refresh off, for missing ones."""
         with self._calling("refreshing before a full read"):
             self._client.indices.refresh(
-                index=f"{self.records_pattern},{self.checkpoints_index},{self.logs_index},{self.nodes_index}",
+                index=f"{self.records_pattern},{self.answers_index},{self.checkpoints_index},{self.logs_index},"
+                  f"{self.nodes_index}",
                 params={"ignore_unavailable": "true"},
             )
 

@@ -7,15 +7,17 @@ from decimal import Decimal
 
 import pytest
 
-from aitrail.collector.sequencing import LOCAL_LOG, Sequencing
+from aitrail.collector.sequencing import LOCAL_BASE, Sequencing
 from aitrail.integrity.note import Signer, sign_checkpoint
 from aitrail.integrity.sequencer import SignedCheckpoint
 from aitrail.integrity.verify import FailureKind, verify_log
 from aitrail.schemas.canonical import canonical_json
 from aitrail.schemas.record import AuditRecord
+from aitrail.tenancy import tenant_log_id
 from tests.factories import completion, iso
 
 SIGNER = Signer.generate("aitrail/test")
+LOCAL_LOG = tenant_log_id("acme", LOCAL_BASE)  # the log of tenant acme's records
 VERIFIER = SIGNER.verifier()
 
 
@@ -100,7 +102,7 @@ def store(request):
 
 @pytest.fixture
 def sealed(store, request):
-    """40 completions sealed into the `local` log in batches, all covered by checkpoints."""
+    """40 completions of acme sealed into its `acme/local` log in batches, all covered by checkpoints."""
     sequencing = Sequencing(store, SIGNER, "aitrail/test", checkpoint_every=8, checkpoint_interval_s=0)
     records = [
         completion("acme", trace=100 + i, time=iso(24, 7, i), answer=f"Answer number {i}.", user=f"u_{i % 3}")
