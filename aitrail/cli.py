@@ -330,6 +330,7 @@ def _verify(args: argparse.Namespace) -> int:
             tenant = args.tenant or settings.collector.default_tenant
             record = store.get(tenant, args.record)
             if record is None:
+                _log_verify_read(settings, tenant, args.record, False)
                 raise AitrailError(f"no record {args.record} for tenant {tenant}")
             proof = proofs.proof(record)
             report = verify_record(record, proof.path, proof.checkpoint.note, verifiers)
@@ -341,6 +342,7 @@ def _verify(args: argparse.Namespace) -> int:
                     status = "FAILED [unexplained_erasure]"
                 elif explanation.status == ErasureStatus.PENDING:
                     status = "erased (its erasure record awaits a checkpoint)"
+            _log_verify_read(settings, tenant, record.record_id, True)  # after the last read of this store
             print(f"record {record.record_id}: {status} ({reason})")
             return 1 if status.startswith("FAILED") or not report.ok else 0
 
@@ -379,17 +381,47 @@ def _verify(args: argparse.Namespace) -> int:
             for failure in report.failures:
                 print(f"FAILED {report.log_id} {failure}")
         # Derived views (answers, full-text terms, costs, retrieved documents' ACL tags,
-        # feedback) rebuilt from the verified records: add one line per mismatch here
-        # (aitrail.integrity.views); each counts as a failure.
-        view_findings: list[str] = []
-        for finding in view_findings:
-            print(f"FAILED view {finding}")
-        failures += len(view_findings)
+        # feedback, the records' indexed columns) rebuilt from the stored bodies: every
+        # mismatch is a failure. Only on a whole-store check (--log checks one log).
+        if not args.log:
+            from .integrity.views import verify_views
+
+            with Progress(TextColumn("{task.description}"), TextColumn("{task.completed}"),
+                          console=_stderr_console(), transient=True) as progress:
+                stages: dict[str, object] = {}
+
+                def rebuilt(stage: str, done: int) -> None:
+                    if stage not in stages:
+                        stages[stage] = progress.add_task(f"views: {stage}", total=None)
+                    progress.update(stages[stage], completed=done)
+
+                view_findings = verify_views(store, progress=rebuilt)
+            for finding in view_findings:
+                print(f"FAILED view {finding}")
+            failures += len(view_findings)
+            console.print(f"views: {'OK' if not view_findings else f'{len(view_findings)} FAILURE(S)'} — answers, "
+                          "full-text terms, costs, retrieved documents, feedback and record columns rebuilt from "
+                          "the records", highlight=False)
         if not log_ids:
             print("no logs to verify", file=sys.stderr)
         return 1 if failures else 0
     finally:
         store.close()
+
+
+def _log_verify_read(settings, tenant: str, record_id: str, found: bool) -> None:
+    """`verify --record` reads one record of a tenant: logged like `answers` and `replay`
+    (aitrail.cli_access), in its own connection, since verification itself opens the store
+    read-only. On a read-only copy (an auditor's snapshot) the entry cannot be written: the
+    check still runs, and stderr says the read was not logged; it shows no content."""
+    from .cli_access import Unavailable, record_cli_read
+
+    try:
+        record_cli_read(settings, tenant=tenant, command="verify --record", query={"record": record_id},
+                        ids=[record_id] if found else [], status=200 if found else 404,
+                        reason=None if found else f"no record {record_id}")
+    except Unavailable as exc:
+        print(f"aitrail: note: this check is not in the access log ({exc.message})", file=sys.stderr)
 
 
 def _stderr_console():

@@ -35,8 +35,13 @@ def host_name() -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:64] or "host"
 
 
+def cli_log_base(host: str | None = None) -> str:
+    """The part of the command's log id after the tenant: `access.cli-<host>`."""
+    return f"access.cli-{host or host_name()}"
+
+
 def cli_log_id(tenant: str, host: str | None = None) -> str:
-    return tenant_log_id(tenant, f"access.cli-{host or host_name()}")
+    return tenant_log_id(tenant, cli_log_base(host))
 
 
 def os_user() -> dict[str, Any]:
@@ -97,7 +102,7 @@ def record_cli_read(
         sealing = settings.model_copy(update={"integrity": settings.integrity.model_copy(update={"checkpoint_every": 1})})
         with _exclusive(lock_path(settings, tenant)):
             sequencing = open_sequencing(
-                sealing, store, create_key=True, default_log=cli_log_id(tenant), key_path=access_key_path(settings)
+                sealing, store, create_key=True, default_log=cli_log_base(), key_path=access_key_path(settings)
             )
             if sequencing is None:  # integrity off: logged all the same, unsealed
                 store.write([entry])

@@ -412,6 +412,27 @@ def test_record_and_log_selectors_still_work(install, capsys):
     assert code == 2 and "no log nobody/local" in err
 
 
+def test_verify_record_is_an_access_logged_read(install, capsys):
+    from aitrail.cli_access import cli_log_id
+
+    victim = install.written[3]
+    code, out, err = install.verify(capsys, "--record", victim.record_id, "--tenant", TENANT)
+    assert code == 0 and "not in the access log" not in err, err
+    code, _, err = install.verify(capsys, "--record", "no-such-record", "--tenant", TENANT)
+    assert code == 2 and "no record no-such-record" in err
+    if hasattr(install.store, "settle"):
+        install.store.settle()
+    served, refused = install.store.records_in_log(cli_log_id(TENANT))
+    assert served.details["endpoint"] == refused.details["endpoint"] == "cli:verify --record"
+    assert served.details["ids"] == [victim.record_id] and served.details["status"] == 200
+    assert refused.details["ids"] == [] and refused.details["status"] == 404
+    assert served.details["cli"]["os_user"] and served.details["key_id"].startswith("cli:")
+    # the command's own log is sealed and checkpointed like the others: the store still verifies
+    code, out, err = install.verify(capsys)
+    assert code == 0, out + err
+    assert f"log {cli_log_id(TENANT)}: OK" in err
+
+
 # --- absent content needs a sealed reason --------------------------------------------------------
 
 

@@ -29,7 +29,7 @@ Producing roots and proofs, by cost:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Literal
 
 __all__ = [
@@ -452,6 +452,24 @@ class CompactRange:
         """Append several leaf hashes in order."""
         for h in leaf_hashes:
             self.append(h)
+
+    def extend_nodes(self, leaf_hashes: Iterable[bytes]) -> Iterator[tuple[int, int, bytes]]:
+        """Append several leaf hashes in order, yielding every perfect-subtree node each one
+        completes as ``(level, index, hash)``: the leaf itself at level 0, then each parent
+        it closes. Over a whole log these are all the tree's nodes, each once."""
+        for leaf in leaf_hashes:
+            _check_hash(leaf, "leaf hash")
+            h, s, nodes = bytes(leaf), self._size, self._nodes
+            level, index = 0, s
+            yield 0, index, h
+            while s & 1:
+                h = _sha256(b"\x01" + nodes.pop() + h).digest()
+                s >>= 1
+                level, index = level + 1, index >> 1
+                yield level, index, h
+            nodes.append(h)
+            self._root = None
+            self._size += 1
 
     def root(self) -> bytes:
         """``MTH`` of all leaves so far (``EMPTY_ROOT`` when empty)."""

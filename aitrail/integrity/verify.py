@@ -24,6 +24,8 @@ checkpoints disagree        ``CONFLICTING_CHECKPOINTS`` (one size, two signed ro
                             a later signed tree the records reproduce)
 content stripped            ``UNEXPLAINED_ERASURE`` (record): erased, but no sealed erasure or
                             retention record covers it (:mod:`.coverage`; with ``erasures``)
+Merkle node edited          ``NODE_MISMATCH``: a stored node (what proofs are built from)
+                            differs from the signed tree's
 =========================  ===================================================================
 
 Checkpoints kept outside the store (``external``: the mirror, an auditor's ``--trusted``
@@ -55,7 +57,7 @@ checkpoint (the API's replay, ``aitrail verify --record``, export bundles).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
@@ -85,6 +87,7 @@ __all__ = [
 
 _PLACEHOLDER = b"\x00" * 32  # stands for a leaf we cannot recompute; never a real leaf hash
 _PROGRESS_EVERY = 4096
+_NODE_BATCH = 1024  # stored Merkle nodes compared per read
 _MAX_DUPLICATE_TRIALS = 64
 
 
@@ -141,6 +144,7 @@ class FailureKind(StrEnum):
     LOG_MISSING = "log_missing"
     MIRROR_MISSING = "mirror_missing"
     MIRROR_DIFFERS = "mirror_differs"
+    NODE_MISMATCH = "node_mismatch"
 
 
 @runtime_checkable
@@ -456,12 +460,44 @@ class _LogVerifier:
                         + (f"record {holder.record_id}" if holder else "another record"),
                         c.record_id, start + i,
                     )
-        self.base.extend(leaves)  # type: ignore[arg-type]  # all real hashes: they reproduced a signed root
+        # All real hashes: they reproduced a signed root. Every node they complete is checked
+        # against the store's copy, which inclusion and consistency proofs are built from.
+        self.check_nodes(self.base.extend_nodes(leaves))  # type: ignore[arg-type]
         if self.run is not None:
             self.close_run(later=cp)
         self.base_authentic = True
         self.good = (cp.size, cp.root)
         self.report.verified_size = max(self.report.verified_size, cp.size)
+
+    def check_nodes(self, nodes: Iterable[tuple[int, int, bytes]]) -> None:
+        """Compare authenticated tree nodes with the stored ones, a batch at a time: a stored
+        node that differs would make the API serve proofs of another tree. Nodes the store
+        does not keep are not a failure (proofs are then built from the records)."""
+        if self.node_reader is None:
+            for _ in nodes:
+                pass
+            return
+        batch: dict[tuple[int, int], bytes] = {}
+        for level, index, digest in nodes:
+            batch[level, index] = digest
+            if len(batch) >= _NODE_BATCH:
+                self.compare_nodes(batch)
+                batch = {}
+        self.compare_nodes(batch)
+
+    def compare_nodes(self, batch: dict[tuple[int, int], bytes]) -> None:
+        if not batch:
+            return
+        for key, stored in sorted(self.stored_nodes(list(batch)).items()):
+            if stored != batch[key]:
+                level, index = key
+                span = f"leaf {index}" if level == 0 else f"leaves {index << level}..{((index + 1) << level) - 1}"
+                self.fail(
+                    FailureKind.NODE_MISMATCH,
+                    f"stored Merkle node (level {level}, index {index}) over {span} is {stored.hex()[:16]}…, the "
+                    f"signed tree has {batch[key].hex()[:16]}…: proofs served from it would not verify",
+                    leaf_index=index << level,
+                )
 
     def check_consistency(self, base: merkle.CompactRange, leaves: list[bytes | None], cp: _Cp) -> None:
         """Consistency proof old → new built from the recomputed tree, verified against both signed roots."""

@@ -569,7 +569,16 @@ class SqliteStore:
         conn = self._conn()
         # A view of the index's own entries, in this connection's temporary schema (nothing
         # is written to the store); `ORDER BY term` is the vocabulary's own order (no sort).
-        conn.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.answers_fts_instances USING fts5vocab(main, answers_fts, 'instance')")
+        # A read-only connection refuses even its temporary schema (query_only): lifted for
+        # this one statement, which cannot reach the store (`mode=ro` / `immutable` refuse that).
+        read_only = conn.execute("PRAGMA query_only").fetchone()[0]
+        conn.execute("PRAGMA query_only = 0")
+        try:
+            conn.execute(
+                "CREATE VIRTUAL TABLE IF NOT EXISTS temp.answers_fts_instances USING fts5vocab(main, answers_fts, 'instance')"
+            )
+        finally:
+            conn.execute(f"PRAGMA query_only = {int(read_only)}")
         cursor = conn.execute("SELECT term, doc, col, offset FROM temp.answers_fts_instances ORDER BY term")
         return FullTextIndex(view="answers_fts", tokenizer=FTS_TOKENIZE, instances=(tuple(row) for row in cursor))
 
