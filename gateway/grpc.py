@@ -1,27 +1,24 @@
 """OTLP/gRPC receiver: the trace and logs services on one `grpc.aio` server. Status codes as
-OTLP asks: UNAUTHENTICATED / PERMISSION_DENIED for keys, INVALID_ARGUMENT for bad payloads,
-RESOURCE_EXHAUSTED above the size limit, UNAVAILABLE (retryable) when the data could not be
-made safe."""
+OTLP asks (`gateway.status`): UNAUTHENTICATED / PERMISSION_DENIED for keys, INVALID_ARGUMENT
+for bad payloads, RESOURCE_EXHAUSTED without RetryInfo above the size limit, UNAVAILABLE with
+a `google.rpc.RetryInfo` whenever the data could not be made safe, unexpected errors included
+(never UNKNOWN or INTERNAL, which exporters drop). The details travel as a `google.rpc.Status`
+in `grpc-status-details-bin`."""
 
 from __future__ import annotations
 
 import grpc
-from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from aitrail.bus.base import Signal
-from aitrail.errors import AitrailError
-from aitrail.otlp import count_log_records, drop_invalid_spans
+from aitrail.otlp import Checked, count_log_records, decode_logs, decode_traces, drop_invalid_spans
 
-from .ingest import Ingest, IngestAuth
+from .ingest import Ingest, IngestAuth, export_response, with_refused
+from .status import RETRY_AFTER_S, failure_of, grpc_trailers
 
-_STATUS = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    403: grpc.StatusCode.PERMISSION_DENIED,
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    503: grpc.StatusCode.UNAVAILABLE,
-}
+TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
+LOGS_SERVICE = "opentelemetry.proto.collector.logs.v1.LogsService"
 
 
 def _authorization(context: grpc.aio.ServicerContext) -> str | None:
@@ -31,50 +28,42 @@ def _authorization(context: grpc.aio.ServicerContext) -> str | None:
     return None
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: AitrailError) -> None:
-    await context.abort(_STATUS.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
+class _Export:
+    """One signal's `Export` method. It takes the request as bytes and decodes it itself: left
+    to grpc, an undecodable request would answer UNKNOWN instead of INVALID_ARGUMENT."""
 
+    def __init__(self, signal: Signal, ingest: Ingest, auth: IngestAuth, metrics, retry_after_s: int) -> None:
+        self._signal, self._ingest, self._auth, self._metrics = signal, ingest, auth, metrics
+        self._retry_after_s = retry_after_s
 
-class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self, ingest: Ingest, auth: IngestAuth, metrics) -> None:
-        self._ingest, self._auth, self._metrics = ingest, auth, metrics
-
-    async def Export(self, request, context):  # noqa: N802 (generated name)
+    async def handle(self, body: bytes, context: grpc.aio.ServicerContext):
         try:
             principal = self._auth.principal(_authorization(context))
-            checked = drop_invalid_spans(request)
+            if self._signal == Signal.TRACES:
+                request = decode_traces(body)
+                checked = drop_invalid_spans(request)
+            else:
+                request = decode_logs(body)
+                checked = Checked(count_log_records(request), 0, None)
             if checked.accepted:
-                await self._ingest(Signal.TRACES, request, principal)
-        except AitrailError as exc:
-            await _abort(context, exc)
+                checked = with_refused(checked, await self._ingest(self._signal, request, principal))
+        except Exception as exc:  # noqa: BLE001 (every failure answers a status; unexpected ones UNAVAILABLE)
+            failure = failure_of(exc, retry_after_s=self._retry_after_s, where="OTLP/gRPC export")
+            await context.abort(failure.grpc_code, failure.message, trailing_metadata=grpc_trailers(failure))
         if self._metrics is not None:
-            self._metrics.received(Signal.TRACES, principal.tenant, checked.accepted, checked.rejected)
-        response = trace_service_pb2.ExportTraceServiceResponse()
-        if checked.rejected:
-            response.partial_success.rejected_spans = checked.rejected
-            response.partial_success.error_message = checked.error or ""
-        return response
+            self._metrics.received(self._signal, principal.tenant, checked.accepted, checked.rejected)
+        return export_response(self._signal, checked)
 
 
-class _LogsService(logs_service_pb2_grpc.LogsServiceServicer):
-    def __init__(self, ingest: Ingest, auth: IngestAuth, metrics) -> None:
-        self._ingest, self._auth, self._metrics = ingest, auth, metrics
-
-    async def Export(self, request, context):  # noqa: N802
-        try:
-            principal = self._auth.principal(_authorization(context))
-            accepted = count_log_records(request)
-            if accepted:
-                await self._ingest(Signal.LOGS, request, principal)
-        except AitrailError as exc:
-            await _abort(context, exc)
-        if self._metrics is not None:
-            self._metrics.received(Signal.LOGS, principal.tenant, accepted, 0)
-        return logs_service_pb2.ExportLogsServiceResponse()
+def _service(name: str, export: _Export, response_type) -> grpc.GenericRpcHandler:
+    # a bound coroutine method: grpc.aio awaits only what `inspect.iscoroutinefunction` recognises
+    handler = grpc.unary_unary_rpc_method_handler(export.handle, response_serializer=response_type.SerializeToString)
+    return grpc.method_handlers_generic_handler(name, {"Export": handler})
 
 
 def otlp_grpc_server(
-    ingest: Ingest, auth: IngestAuth, *, host: str, port: int, max_body_bytes: int, metrics=None
+    ingest: Ingest, auth: IngestAuth, *, host: str, port: int, max_body_bytes: int, metrics=None,
+    retry_after_s: int = RETRY_AFTER_S,
 ) -> tuple[grpc.aio.Server, int]:
     """A started-later server and the port it bound (useful when `port` is 0)."""
     server = grpc.aio.server(
@@ -83,8 +72,10 @@ def otlp_grpc_server(
             ("grpc.max_send_message_length", 4 * 1024 * 1024),
         ]
     )
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(ingest, auth, metrics), server)
-    logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_LogsService(ingest, auth, metrics), server)
+    server.add_generic_rpc_handlers((
+        _service(TRACE_SERVICE, _Export(Signal.TRACES, ingest, auth, metrics, retry_after_s), ExportTraceServiceResponse),
+        _service(LOGS_SERVICE, _Export(Signal.LOGS, ingest, auth, metrics, retry_after_s), ExportLogsServiceResponse),
+    ))
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot listen for OTLP/gRPC on {host}:{port}")

@@ -1,8 +1,10 @@
 """OTLP/HTTP receiver: `POST /v1/traces` and `POST /v1/logs`, protobuf or JSON, optionally
 gzip-compressed. Answers as the OTLP specification asks: 200 with an Export*ServiceResponse
-(partial success when some spans were rejected), 400 for a payload that does not decode,
-401/403 for keys, 413 above the size limit, 503 with Retry-After when the data could not be
-made safe (the exporter retries)."""
+(partial success when some spans were rejected); a failure answers a `google.rpc.Status` in
+the request's encoding, with the status codes and retry advice of `gateway.status` (400 for
+a payload that does not decode, 401/403 for keys, 413 above the size limit, 415 for an unknown
+Content-Type, 503 + Retry-After whenever the data could not be made safe, so the exporter
+keeps it and retries)."""
 
 from __future__ import annotations
 
@@ -11,18 +13,17 @@ import zlib
 
 import orjson
 from google.protobuf import json_format
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from aitrail.bus.base import Signal
-from aitrail.errors import AitrailError, BadRequest, PayloadTooLarge, UnsupportedMediaType
+from aitrail.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from aitrail.otlp import Checked, count_log_records, decode_logs, decode_traces, drop_invalid_spans
 
-from .ingest import Ingest, IngestAuth
+from .ingest import Ingest, IngestAuth, export_response, with_refused
+from .status import RETRY_AFTER_S, failure_of
 
 log = logging.getLogger(__name__)
 
@@ -55,35 +56,44 @@ async def read_body(request: Request, limit: int) -> bytes:
     return body
 
 
-def _content_kind(request: Request) -> bool:
-    """True for JSON, False for protobuf."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "application/json":
-        return True
-    if content_type in (PROTOBUF, "application/protobuf", "application/octet-stream"):
-        return False
-    raise UnsupportedMediaType(f"unsupported Content-Type {content_type!r}; use {PROTOBUF} or application/json")
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-def _answer(message, is_json: bool) -> Response:
+def _is_json(request: Request) -> bool:
+    """How to encode the answer: JSON for JSON requests, protobuf otherwise (unknown types too)."""
+    return _media_type(request) == "application/json"
+
+
+def _check_media_type(request: Request) -> None:
+    media_type = _media_type(request)
+    if media_type not in ("application/json", PROTOBUF, "application/protobuf", "application/octet-stream"):
+        raise UnsupportedMediaType(f"unsupported Content-Type {media_type!r}; use {PROTOBUF} or application/json")
+
+
+def _answer(message, is_json: bool, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
     if is_json:
         body = json_format.MessageToJson(message, indent=None) if message.ByteSize() else "{}"
-        return Response(body, media_type="application/json")
-    return Response(message.SerializeToString(), media_type=PROTOBUF)
+        return Response(body, status_code, headers, media_type="application/json")
+    return Response(message.SerializeToString(), status_code, headers, media_type=PROTOBUF)
 
 
-def error_response(exc: AitrailError) -> JSONResponse:
-    headers = {"Retry-After": "5"} if exc.retriable else None
-    return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, status_code=exc.status, headers=headers)
+def failure_response(exc: BaseException, is_json: bool, *, retry_after_s: int = RETRY_AFTER_S) -> Response:
+    """A `google.rpc.Status` in the request's encoding; Retry-After when the sender should retry."""
+    failure = failure_of(exc, retry_after_s=retry_after_s, where="OTLP/HTTP export")
+    headers = {"Retry-After": str(failure.retry_after_s)} if failure.retry_after_s is not None else None
+    return _answer(failure.status(), is_json, failure.http_status, headers)
 
 
 def otlp_http_app(
-    ingest: Ingest, auth: IngestAuth, *, max_body_bytes: int, metrics=None, extra_routes: list[Route] = ()
+    ingest: Ingest, auth: IngestAuth, *, max_body_bytes: int, metrics=None, extra_routes: list[Route] = (),
+    retry_after_s: int = RETRY_AFTER_S,
 ) -> Starlette:
     async def handle(request: Request, signal: Signal) -> Response:
+        is_json = _is_json(request)
         try:
             principal = auth.principal(request.headers.get("authorization"))
-            is_json = _content_kind(request)
+            _check_media_type(request)
             body = await read_body(request, max_body_bytes)
             if signal == Signal.TRACES:
                 export = decode_traces(body, is_json=is_json)
@@ -92,18 +102,12 @@ def otlp_http_app(
                 export = decode_logs(body, is_json=is_json)
                 checked = Checked(count_log_records(export), 0, None)
             if checked.accepted:
-                await ingest(signal, export, principal)
-        except AitrailError as exc:
-            return error_response(exc)
+                checked = with_refused(checked, await ingest(signal, export, principal))
+        except Exception as exc:  # noqa: BLE001 (every failure answers a Status; unexpected ones 503)
+            return failure_response(exc, is_json, retry_after_s=retry_after_s)
         if metrics is not None:
             metrics.received(signal, principal.tenant, checked.accepted, checked.rejected)
-        if signal == Signal.LOGS:
-            return _answer(ExportLogsServiceResponse(), is_json)
-        response = ExportTraceServiceResponse()
-        if checked.rejected:
-            response.partial_success.rejected_spans = checked.rejected
-            response.partial_success.error_message = checked.error or ""
-        return _answer(response, is_json)
+        return _answer(export_response(signal, checked), is_json)
 
     async def traces(request: Request) -> Response:
         return await handle(request, Signal.TRACES)

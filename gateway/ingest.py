@@ -1,23 +1,63 @@
 """What the OTLP receivers hand requests to. A receiver knows nothing of buses or stores: it
 authenticates, decodes, validates and calls an `Ingest` callable, which returns once the data
-is safe (or raises `Unavailable`)."""
+is safe (or raises `Unavailable`). An `Ingest` that stores only part of a request returns
+`Refused` for the rest, which the receiver answers as OTLP's partial success (200 with
+`rejected_spans` / `rejected_log_records` and the reason); one that can store none of it
+raises a client error (`InvalidInput`, `PayloadTooLarge`) answered 400 / 413."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest, ExportLogsServiceResponse
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 
 from aitrail.bus.base import Bus, BusMessage, Signal
 from aitrail.auth import Authenticator
-from aitrail.errors import Forbidden
-from aitrail.otlp import split_by_trace
+from aitrail.errors import Forbidden, PayloadTooLarge
+from aitrail.otlp import Checked, split_by_trace
 from aitrail.store.base import Principal, Role
 
 Request = ExportTraceServiceRequest | ExportLogsServiceRequest
-Ingest = Callable[[Signal, Request, Principal], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Refused:
+    """Spans (or log records) of an acknowledged request that will not be stored, and why."""
+
+    count: int
+    message: str
+
+
+Ingest = Callable[[Signal, Request, Principal], Awaitable[Refused | None]]
+
+
+def with_refused(checked: Checked, refused: Refused | None) -> Checked:
+    """What the receiver checked, plus what the `Ingest` refused."""
+    if refused is None:
+        return checked
+    error = "; ".join(e for e in (checked.error, refused.message) if e)
+    return Checked(checked.accepted - refused.count, checked.rejected + refused.count, error)
+
+
+def export_response(signal: Signal, checked: Checked):
+    """The Export*ServiceResponse: `partial_success` set only when something was rejected, as
+    OTLP asks (an empty one means full success)."""
+    if signal == Signal.LOGS:
+        response = ExportLogsServiceResponse()
+        if checked.rejected:
+            response.partial_success.rejected_log_records = checked.rejected
+            response.partial_success.error_message = checked.error or ""
+        return response
+    response = ExportTraceServiceResponse()
+    if checked.rejected:
+        response.partial_success.rejected_spans = checked.rejected
+        response.partial_success.error_message = checked.error or ""
+    return response
 
 INGEST_ROLES = (Role.INGEST, Role.ADMIN)
 
@@ -48,17 +88,84 @@ def ingest_in_process(bus: Bus) -> Ingest:
 
 def ingest_split_by_trace(bus: Bus, max_message_bytes: int) -> Ingest:
     """Gateway mode: one `otlp_proto` message per trace (cut to fit Kafka's message size),
-    keyed by trace id, so a trace stays on one partition and in one Merkle log."""
+    keyed by trace id, so a trace stays on one partition and in one Merkle log. A span or log
+    record too large for a Kafka message on its own is refused and the rest sent (partial
+    success); when nothing else is left, the request is refused with 413."""
 
-    async def ingest(signal: Signal, request: Request, principal: Principal) -> None:
+    async def ingest(signal: Signal, request: Request, principal: Principal) -> Refused | None:
+        refused = None
+        try:
+            parts = split_by_trace(request, max_message_bytes)
+        except PayloadTooLarge as exc:
+            request, count = without_oversized(request, max_message_bytes)
+            if not count:
+                raise  # cannot happen: split_by_trace refuses only single items that do not fit
+            if not any(True for _ in items(request)):
+                raise PayloadTooLarge(f"nothing could be accepted: {exc.message}") from None
+            refused = Refused(count, f"{count} {_noun(signal, count)} refused: {exc.message}")
+            parts = split_by_trace(request, max_message_bytes)
         await bus.publish(
             [
                 BusMessage(
                     signal=signal, payload=data.SerializeToString(), tenant=principal.tenant,
                     key=trace_id.hex().encode() if trace_id else None,
                 )
-                for trace_id, data in split_by_trace(request, max_message_bytes)
+                for trace_id, data in parts
             ]
         )
+        return refused
 
     return ingest
+
+
+_LEVELS = {
+    Signal.TRACES: ("resource_spans", "scope_spans", "spans"),
+    Signal.LOGS: ("resource_logs", "scope_logs", "log_records"),
+}
+
+
+def _signal_of(request: Request) -> Signal:
+    return Signal.TRACES if isinstance(request, ExportTraceServiceRequest) else Signal.LOGS
+
+
+def _noun(signal: Signal, count: int) -> str:
+    if signal == Signal.TRACES:
+        return "span" if count == 1 else "spans"
+    return "log record" if count == 1 else "log records"
+
+
+def items(request: Request):
+    """(resource container, scope container, span or log record) for every item of `request`."""
+    resources, scopes, leaves = _LEVELS[_signal_of(request)]
+    for resource in getattr(request, resources):
+        for scope in getattr(resource, scopes):
+            for item in getattr(scope, leaves):
+                yield resource, scope, item
+
+
+def single(resource, scope, item, request_type: type) -> Request:
+    """A request of `request_type` holding only `item`, under copies of its resource and scope."""
+    resources, scopes, leaves = _LEVELS[Signal.TRACES if request_type is ExportTraceServiceRequest else Signal.LOGS]
+    out = request_type()
+    target_resource = getattr(out, resources).add()
+    target_resource.resource.CopyFrom(resource.resource)
+    target_resource.schema_url = resource.schema_url
+    target_scope = getattr(target_resource, scopes).add()
+    target_scope.scope.CopyFrom(scope.scope)
+    target_scope.schema_url = scope.schema_url
+    getattr(target_scope, leaves).add().CopyFrom(item)
+    return out
+
+
+def without_oversized(request: Request, max_bytes: int) -> tuple[Request, int]:
+    """`request` minus the items that alone would exceed `max_bytes`, and how many went.
+    (The slow path: only taken once `split_by_trace` found such an item.)"""
+    _, _, leaves = _LEVELS[_signal_of(request)]
+    kept = type(request)()
+    kept.CopyFrom(request)
+    removed = 0
+    for resource, scope, item in list(items(kept)):
+        if single(resource, scope, item, type(kept)).ByteSize() > max_bytes:
+            getattr(scope, leaves).remove(item)
+            removed += 1
+    return kept, removed

@@ -8,6 +8,8 @@ import time
 
 import httpx
 import pytest
+from google.protobuf import json_format
+from google.rpc import status_pb2
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 from opentelemetry.sdk.resources import Resource
@@ -100,6 +102,19 @@ def test_real_exporter_to_answer_and_replay(server, keys, transport):
     assert [r["kind"] for r in replay["records"]] == ["completion"]
     assert replay["records"][0]["answer"] == "Two years for every item."
     assert "alice@example.com" not in json.dumps(replay)
+
+
+# google.rpc.Code of each HTTP status the OTLP receiver answers (gateway/status.py)
+GRPC_CODE_OF = {400: 3, 401: 16, 403: 7, 413: 8, 415: 3}
+
+
+def otlp_status(response: httpx.Response) -> status_pb2.Status:
+    status = status_pb2.Status()
+    if response.headers["content-type"].startswith("application/json"):
+        json_format.Parse(response.text, status)
+    else:
+        status.ParseFromString(response.content)
+    return status
 
 
 def post_otlp(server, keys, path, body: bytes, *, key_of=("acme", "ingest"), content_type="application/x-protobuf", **headers):
@@ -213,7 +228,13 @@ def test_bad_ingest_gets_a_clear_error(server, keys, case, status, message):
         body, kwargs["Content-Encoding"] = gzip.compress(b"\x00" * (9 * 1024 * 1024)), "gzip"
     response = post_otlp(server, keys, "/v1/traces", body, **kwargs)
     assert response.status_code == status, response.text
-    assert message in response.json()["error"]["message"]
+    failure = otlp_status(response)
+    # a google.rpc.Status in the request's encoding (protobuf unless the request was JSON)
+    assert response.headers["content-type"] == kwargs.get("content_type", "application/x-protobuf") \
+        if case != "wrong content type" else response.headers["content-type"] == "application/x-protobuf"
+    assert failure.code == GRPC_CODE_OF[status] and message in failure.message, failure
+    assert failure.message[0].isalpha() and " " in failure.message  # a sentence, not a code
+    assert "Retry-After" not in response.headers  # the sender's fault: do not retry
     # and the server keeps serving
     assert httpx.get(server.api + "/healthz", timeout=10).status_code == 200
 
