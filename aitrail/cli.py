@@ -430,6 +430,67 @@ def _stderr_console():
     return Console(stderr=True)
 
 
+def cmd_dlq(args: argparse.Namespace) -> int:
+    """`aitrail dlq list|replay`: exit 0 done, 1 some dead letters failed again (or cannot be
+    replayed: truncated), 2 could not run (a sentence on stderr)."""
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from . import dlq
+
+    settings = _settings(args)
+    backend = dlq.backend_for(settings, args.backend)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=_stderr_console(),
+                  transient=True) as bar:
+        tasks: dict[str, object] = {}
+
+        def progress(what: str, done: int, total: int | None) -> None:
+            if what not in tasks:
+                tasks[what] = bar.add_task(what, total=total)
+            bar.update(tasks[what], completed=done, total=total)
+
+        if args.dlq_command == "list":
+            listing = dlq.list_dead_letters(settings, backend, tenant=args.tenant, limit=args.limit,
+                                            include_replayed=args.all, progress=progress)
+        else:
+            report = dlq.replay_dead_letters(settings, backend, dead_letter_id=args.id, tenant=args.tenant,
+                                             wait_s=args.wait, progress=progress)
+    if args.dlq_command == "list":
+        if args.json:
+            print(json.dumps(listing.to_json(), indent=2, ensure_ascii=False))
+            return 0
+        from rich.console import Console
+        from rich.table import Table
+
+        console = Console(width=max(Console().width, 160), emoji=False, highlight=False)
+        where = settings.kafka.dlq_topic if backend == dlq.Backend.KAFKA else f"{settings.data_dir}/aitrail.db"
+        table = Table(title=f"{listing.count} dead letter(s) in {escape(where)}"
+                      + ("" if args.all else " waiting for a replay"))
+        for column in ("id", "time", "tenant", "signal", "reason", "source", "size"):
+            table.add_column(column, overflow="fold", no_wrap=column in ("id", "time"))
+        if args.all:
+            table.add_column("replayed", overflow="fold")
+        for d in listing.data:
+            source = f"{d.source['topic']}/{d.source['partition']}@{d.source['offset']}" if d.source else "in-process"
+            size = f"{d.size}" + (f" (truncated to {d.stored_bytes}: not replayable)" if d.truncated else "")
+            reason = d.reason + (f" (replay of {d.replay_of})" if d.replay_of else "")
+            row = [d.id, d.time, d.tenant, d.signal, escape(reason), escape(source), size]
+            if args.all:
+                r = d.replayed
+                row.append("-" if r is None else escape(f"{r.at} {r.outcome}" + (f" as {r.new_id}" if r.new_id else "")))
+            table.add_row(*row)
+        console.print(table)
+        if listing.count > len(listing.data):
+            console.print(f"showing the newest {len(listing.data)} of {listing.count}; raise --limit (0: all)")
+        return 0
+    for line in dlq.outcome_lines(report.outcomes):
+        print(line)
+    print(dlq.summary(report), file=sys.stderr)
+    if report.note:
+        print(f"aitrail: {report.note}", file=sys.stderr)
+    return dlq.exit_code(report)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import send_sample_traffic
 
@@ -552,6 +613,42 @@ def build_parser() -> argparse.ArgumentParser:
              "another), repeatable: today's logs must extend every one",
     )
     verify.set_defaults(func=cmd_verify)
+
+    dlq_parser = commands.add_parser(
+        "dlq", help="read dead letters and replay them into ingest after a fix",
+        description="Dead letters: input the collector could not ingest, kept with the reason. Embedded: the "
+                    "dead_letters table of the data folder; pipeline: the Kafka topic kafka.dlq_topic.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="exit status:\n"
+               "  0  done (list shown; every replayed dead letter stored, or submitted with --wait 0)\n"
+               "  1  some replayed dead letters failed again (dead letters again, with the new reason) or\n"
+               "     cannot be replayed (truncated to fit the dead-letter topic)\n"
+               "  2  could not run: store or Kafka unreachable, no such dead letter, one already replayed,\n"
+               "     or the collectors did not process the replays within --wait\n\n"
+               "See docs/operations.md.",
+    )
+    dlq_commands = dlq_parser.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    dlq_list = dlq_commands.add_parser("list", help="dead letters waiting for a replay: id, time, reason, source, size")
+    dlq_replay = dlq_commands.add_parser(
+        "replay", help="re-submit dead letters into the normal ingest path; each is replayed once"
+    )
+    for sub in (dlq_list, dlq_replay):
+        _common(sub)
+        sub.add_argument(
+            "--backend", choices=["embedded", "kafka"],
+            help="where the dead letters are (default: kafka when opensearch.url is set, else embedded)",
+        )
+        sub.add_argument("--tenant", help="only this tenant's dead letters")
+    dlq_list.add_argument("--limit", type=int, default=50, help="show the newest N (default 50; 0: all)")
+    dlq_list.add_argument("--all", action="store_true", help="include dead letters already replayed, with the outcome")
+    dlq_list.add_argument("--json", action="store_true", help="machine-readable output")
+    dlq_replay.add_argument("--id", help="replay this one dead letter (an id from `aitrail dlq list`)")
+    dlq_replay.add_argument(
+        "--wait", type=float, default=120.0, metavar="SECONDS",
+        help="kafka: how long to wait for the collectors to process the replays and report each outcome "
+             "(default 120; 0: submit and return)",
+    )
+    dlq_parser.set_defaults(func=cmd_dlq)
 
     demo = commands.add_parser("demo", help="send sample RAG traffic to a running aitrail")
     demo.add_argument("--endpoint", default="http://127.0.0.1:4318", help="OTLP/HTTP base URL")
