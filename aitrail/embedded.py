@@ -24,7 +24,7 @@ from aitrail.custody import trusted_verifiers
 from aitrail.gateway.grpc import otlp_grpc_server
 from aitrail.gateway.http import otlp_http_app
 from aitrail.auth import Authenticator
-from aitrail.gateway.ingest import IngestAuth, ingest_in_process
+from aitrail.gateway.ingest import IngestAuth, Verdicts, ingest_in_process
 from aitrail.metrics import Metrics
 from aitrail.integrity.system import append_system_records
 from aitrail.query_api.access import AccessLog
@@ -100,7 +100,13 @@ async def embedded(settings: Settings) -> AsyncIterator[Embedded]:
         prices = PriceTable.load(settings.prices_file)
         pseudonymise = hmac_pseudonymiser(store.secret("pseudonym"))
 
+        # What the collector refuses of a request whose sender still waits goes back to the sender
+        # (400 or partial success) instead of into the dead letters: see `Verdicts`.
+        verdicts = Verdicts()
+
         async def dead_letter(message: BusMessage, reason: str) -> None:
+            if verdicts.claim(message, reason):
+                return
             metrics.dead_letters.inc()
             await asyncio.to_thread(store.add_dead_letter, reason, message.payload or _serialise(message), {
                 "signal": str(message.signal), "tenant": message.tenant or "",
@@ -150,7 +156,7 @@ async def embedded(settings: Settings) -> AsyncIterator[Embedded]:
 
         auth = IngestAuth(Authenticator(store.authenticate, settings.auth.oidc), required=settings.ingest.require_auth,
                           anonymous_tenant=settings.collector.default_tenant)
-        ingest = ingest_in_process(bus)
+        ingest = ingest_in_process(bus, verdicts)
         http_sock = listen(settings.host, settings.otlp_http_port)
         await serve_app(
             otlp_http_app(ingest, auth, max_body_bytes=settings.ingest.max_body_bytes, metrics=metrics),

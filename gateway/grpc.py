@@ -16,6 +16,7 @@ from aitrail.otlp import Checked, count_log_records, decode_logs, decode_traces,
 
 from .ingest import Ingest, IngestAuth, export_response, with_refused
 from .status import RETRY_AFTER_S, failure_of, grpc_trailers
+from .telemetry import gateway_metrics
 
 TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 LOGS_SERVICE = "opentelemetry.proto.collector.logs.v1.LogsService"
@@ -35,6 +36,7 @@ class _Export:
     def __init__(self, signal: Signal, ingest: Ingest, auth: IngestAuth, metrics, retry_after_s: int) -> None:
         self._signal, self._ingest, self._auth, self._metrics = signal, ingest, auth, metrics
         self._retry_after_s = retry_after_s
+        self._counters = gateway_metrics(metrics)
 
     async def handle(self, body: bytes, context: grpc.aio.ServicerContext):
         try:
@@ -49,6 +51,10 @@ class _Export:
                 checked = with_refused(checked, await self._ingest(self._signal, request, principal))
         except Exception as exc:  # noqa: BLE001 (every failure answers a status; unexpected ones UNAVAILABLE)
             failure = failure_of(exc, retry_after_s=self._retry_after_s, where="OTLP/gRPC export")
+            if self._counters is not None:
+                self._counters.requests_failed.labels(
+                    str(self._signal), str(failure.http_status), str(failure.retry_after_s is not None).lower()
+                ).inc()
             await context.abort(failure.grpc_code, failure.message, trailing_metadata=grpc_trailers(failure))
         if self._metrics is not None:
             self._metrics.received(self._signal, principal.tenant, checked.accepted, checked.rejected)

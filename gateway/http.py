@@ -24,6 +24,7 @@ from aitrail.otlp import Checked, count_log_records, decode_logs, decode_traces,
 
 from .ingest import Ingest, IngestAuth, export_response, with_refused
 from .status import RETRY_AFTER_S, failure_of
+from .telemetry import gateway_metrics
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,8 @@ def otlp_http_app(
     ingest: Ingest, auth: IngestAuth, *, max_body_bytes: int, metrics=None, extra_routes: list[Route] = (),
     retry_after_s: int = RETRY_AFTER_S,
 ) -> Starlette:
+    counters = gateway_metrics(metrics)
+
     async def handle(request: Request, signal: Signal) -> Response:
         is_json = _is_json(request)
         try:
@@ -104,7 +107,12 @@ def otlp_http_app(
             if checked.accepted:
                 checked = with_refused(checked, await ingest(signal, export, principal))
         except Exception as exc:  # noqa: BLE001 (every failure answers a Status; unexpected ones 503)
-            return failure_response(exc, is_json, retry_after_s=retry_after_s)
+            response = failure_response(exc, is_json, retry_after_s=retry_after_s)
+            if counters is not None:
+                counters.requests_failed.labels(
+                    str(signal), str(response.status_code), str("retry-after" in response.headers).lower()
+                ).inc()
+            return response
         if metrics is not None:
             metrics.received(signal, principal.tenant, checked.accepted, checked.rejected)
         return _answer(export_response(signal, checked), is_json)

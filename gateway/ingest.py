@@ -7,6 +7,7 @@ raises a client error (`InvalidInput`, `PayloadTooLarge`) answered 400 / 413."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from aitrail.bus.base import Bus, BusMessage, Signal
 from aitrail.auth import Authenticator
-from aitrail.errors import Forbidden, PayloadTooLarge
+from aitrail.errors import Forbidden, InvalidInput, PayloadTooLarge
 from aitrail.otlp import Checked, split_by_trace
 from aitrail.store.base import Principal, Role
 
@@ -59,6 +60,8 @@ def export_response(signal: Signal, checked: Checked):
         response.partial_success.error_message = checked.error or ""
     return response
 
+log = logging.getLogger(__name__)
+
 INGEST_ROLES = (Role.INGEST, Role.ADMIN)
 
 
@@ -77,13 +80,90 @@ class IngestAuth:
         return principal
 
 
-def ingest_in_process(bus: Bus) -> Ingest:
-    """Embedded mode: the whole request as one message, already decoded."""
+class Verdicts:
+    """The embedded collector's verdict on messages whose sender is still waiting for its answer.
 
-    async def ingest(signal: Signal, request: Request, principal: Principal) -> None:
-        await bus.publish([BusMessage(signal=signal, payload=b"", tenant=principal.tenant, decoded=request)])
+    In embedded mode the sender's answer waits until the collector has normalised and stored
+    its message (`LocalBus`), so the collector's own check is the check before acknowledging:
+    what the normaliser refuses reaches the dead-letter sink before the batch is acknowledged.
+    The sink offers it to `claim` first; a message a sender waits on is not stored as a dead
+    letter (the sender is told instead, and keeps the data), any other is."""
+
+    def __init__(self) -> None:
+        # keyed by the decoded request each message carries: the bus may hand the sink a copy of
+        # the message (with dead-letter headers added), never a copy of the request
+        self._waiting: dict[int, tuple[object, list[str]]] = {}
+
+    def claim(self, message: BusMessage, reason: str) -> bool:
+        waiting = self._waiting.get(id(message.decoded)) if message.decoded is not None else None
+        if waiting is None or waiting[0] is not message.decoded:
+            return False
+        waiting[1].append(reason)
+        return True
+
+    async def publish(self, bus: Bus, messages: list[BusMessage]) -> dict[int, str]:
+        """Publish and wait; {index of a refused message: the reason}. Every message must carry
+        its own `decoded` request."""
+        for message in messages:
+            self._waiting[id(message.decoded)] = (message.decoded, [])
+        try:
+            await bus.publish(messages)
+        finally:
+            reasons = [self._waiting.pop(id(message.decoded))[1] for message in messages]
+        return {index: "; ".join(r) for index, r in enumerate(reasons) if r}
+
+
+def ingest_in_process(bus: Bus, verdicts: Verdicts | None = None) -> Ingest:
+    """Embedded mode: the whole request as one message, already decoded. With `verdicts`, a
+    request the collector refuses is not acknowledged: when one message is refused, its spans
+    go again one message each (log records: one message per trace, so the events of one span
+    stay together) to learn which; the others are stored and the answer is OTLP's partial
+    success naming the reason (200, `rejected_spans`); when every one is refused, 400
+    (`InvalidInput`) with the reason. Nothing refused is stored, not even as a dead letter."""
+
+    def message(signal: Signal, request, tenant: str) -> BusMessage:
+        return BusMessage(signal=signal, payload=b"", tenant=tenant, decoded=request)
+
+    async def ingest(signal: Signal, request: Request, principal: Principal) -> Refused | None:
+        whole = message(signal, request, principal.tenant)
+        if verdicts is None:
+            await bus.publish([whole])
+            return None
+        refused = await verdicts.publish(bus, [whole])
+        if not refused:
+            return None
+        parts = _parts(signal, request)
+        total = sum(count for _, count in parts)
+        reason = next(iter(refused.values()))
+        if len(parts) > 1:
+            refused = await verdicts.publish(bus, [message(signal, part, principal.tenant) for part, _ in parts])
+            if not refused:  # refused together, stored apart: everything is stored now
+                log.warning("stored %d %s one by one after the request was refused whole: %s",
+                            total, _noun(signal, 2), reason)
+                return None
+            reason = next(iter(refused.values()))
+        count = sum(parts[index][1] for index in refused) if len(parts) > 1 else total
+        log.warning("refused %d of %d %s from tenant %s (not stored): %s",
+                    count, total, _noun(signal, 2), principal.tenant, reason)
+        if count >= total:
+            raise InvalidInput(f"the server cannot store {_these(signal, total)}: {reason}")
+        return Refused(count, f"{count} {_noun(signal, count)} refused, the rest stored: {reason}")
 
     return ingest
+
+
+def _these(signal: Signal, count: int) -> str:
+    return f"this {_noun(signal, 1)}" if count == 1 else f"any of these {count} {_noun(signal, count)}"
+
+
+def _parts(signal: Signal, request: Request) -> list[tuple[object, int]]:
+    """(request part, items in it): one span per part; log records one trace per part."""
+    if signal == Signal.TRACES:
+        return [(single(r, s, span, ExportTraceServiceRequest), 1) for r, s, span in items(request)]
+    return [
+        (data, sum(len(s.log_records) for r in data.resource_logs for s in r.scope_logs))
+        for _, data in split_by_trace(request, 1 << 62)
+    ]
 
 
 def ingest_split_by_trace(bus: Bus, max_message_bytes: int) -> Ingest:
