@@ -25,6 +25,7 @@ from aitrail.gateway.grpc import otlp_grpc_server
 from aitrail.gateway.http import otlp_http_app
 from aitrail.auth import Authenticator
 from aitrail.gateway.ingest import IngestAuth, Verdicts, ingest_in_process
+from aitrail.gateway.keycache import key_cache
 from aitrail.metrics import Metrics
 from aitrail.integrity.system import append_system_records
 from aitrail.query_api.access import AccessLog
@@ -155,7 +156,8 @@ async def embedded(settings: Settings) -> AsyncIterator[Embedded]:
         await serve_app(api, api_sock, stack)
 
         auth = IngestAuth(Authenticator(store.authenticate, settings.auth.oidc), required=settings.ingest.require_auth,
-                          anonymous_tenant=settings.collector.default_tenant)
+                          anonymous_tenant=settings.collector.default_tenant,
+                          keys=key_cache(store.authenticate, settings.ingest, metrics))
         ingest = ingest_in_process(bus, verdicts)
         http_sock = listen(settings.host, settings.otlp_http_port)
         await serve_app(

@@ -33,6 +33,9 @@ from aitrail.gateway.grpc import otlp_grpc_server
 from aitrail.gateway.http import otlp_http_app
 from aitrail.auth import Authenticator
 from aitrail.gateway.ingest import IngestAuth, ingest_split_by_trace
+from aitrail.gateway.keycache import key_cache
+from aitrail.gateway.keystore import BackgroundStore
+from aitrail.gateway.readiness import Readiness
 from aitrail.metrics import CONTENT_TYPE_LATEST, Metrics, require_operator
 from aitrail.query_api.access import AccessLog
 from aitrail.query_api.app import create_app
@@ -47,17 +50,21 @@ KAFKA_MESSAGE_OVERHEAD = 4096
 
 
 def operations_routes(
-    metrics: Metrics, ready: Callable[[], Awaitable[str | None]], *, authenticator: Authenticator, operator_tenant: str
+    metrics: Metrics, ready: Callable[[], Awaitable[str | Readiness | None]], *, authenticator: Authenticator,
+    operator_tenant: str,
 ) -> list[Route]:
     """/healthz (the process runs), /readyz (its dependencies answer), /metrics (Prometheus,
     for an admin key or token of `operator_tenant` only: the gateway serves it on the OTLP
-    port every tenant reaches). `ready()` returns None when ready, else what is missing."""
+    port every tenant reaches). `ready()` returns None when ready, else what is missing, or
+    a `Readiness` naming each dependency (the gateway)."""
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "version": __version__})
 
     async def readyz(request: Request) -> JSONResponse:
         problem = await ready()
+        if isinstance(problem, Readiness):
+            return JSONResponse(problem.body, status_code=problem.status_code)
         if problem is None:
             return JSONResponse({"status": "ready"})
         return JSONResponse({"status": "not ready", "reason": problem}, status_code=503)
@@ -98,21 +105,37 @@ class GatewayPorts:
 
 @contextlib.asynccontextmanager
 async def gateway(settings: Settings) -> AsyncIterator[GatewayPorts]:
-    """OTLP receivers whose requests are answered only once Kafka acknowledged them."""
+    """OTLP receivers whose requests are answered only once Kafka acknowledged them. Ingest does
+    not depend on the key store (OpenSearch, or the embedded store without `opensearch.url`):
+    it is opened in the background and retried until it opens, keys are answered from a cache
+    (`gateway.keycache`), so the gateway starts and acknowledges known keys while it is down."""
     async with contextlib.AsyncExitStack() as stack:
-        store = open_store(settings)  # ingest keys
-        stack.callback(store.close)
         metrics = Metrics(tenant_labels=settings.metrics.tenant_labels)
+        keys_store = BackgroundStore(lambda: open_store(settings), retry_s=settings.ingest.key_store_retry_s)
+        opener = asyncio.create_task(keys_store.run())
+
+        async def stop_opener() -> None:
+            opener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await opener
+            keys_store.close()
+
+        stack.push_async_callback(stop_opener)
         bus = await _retry_start("Kafka", lambda: KafkaBus(settings.kafka, produce=True).__aenter__())
         stack.push_async_callback(bus.close)
+        cache = key_cache(keys_store.authenticate, settings.ingest, metrics)
 
-        async def ready() -> str | None:
-            return None if await bus.ping() else f"Kafka at {settings.kafka.bootstrap_servers} does not answer"
+        async def ready() -> Readiness:
+            kafka = None if await bus.ping() else f"Kafka at {settings.kafka.bootstrap_servers} does not answer"
+            return Readiness.of(
+                required={"kafka": kafka},
+                degraded={"keys_store": await keys_store.check(settings.ingest.key_lookup_wait_s)},
+            )
 
         ingest = ingest_split_by_trace(bus, settings.kafka.max_message_bytes - KAFKA_MESSAGE_OVERHEAD)
-        authenticator = Authenticator(store.authenticate, settings.auth.oidc)
+        authenticator = Authenticator(cache.principal_blocking, settings.auth.oidc)
         auth = IngestAuth(authenticator, required=settings.ingest.require_auth,
-                          anonymous_tenant=settings.collector.default_tenant)
+                          anonymous_tenant=settings.collector.default_tenant, keys=cache)
         http_sock = listen(settings.host, settings.otlp_http_port)
         app = otlp_http_app(
             ingest, auth, max_body_bytes=settings.ingest.max_body_bytes, metrics=metrics,

@@ -65,6 +65,22 @@ class CollectorSettings(BaseModel):
 class IngestSettings(BaseModel):
     max_body_bytes: int = Field(8 * 1024 * 1024, gt=0, description="Largest OTLP request body accepted (after gunzip).")
     require_auth: bool = Field(True, description="Require an ingest key on OTLP requests.")
+    key_cache_ttl_s: float = Field(
+        60.0, gt=0, description="How long a valid ingest key is trusted without asking the store (revocation delay)."
+    )
+    key_cache_negative_ttl_s: float = Field(
+        5.0, ge=0, description="How long an unknown or revoked ingest key is remembered as such."
+    )
+    key_cache_max_stale_s: float = Field(
+        900.0, ge=0, description="While the key store is unreachable, keys it confirmed within this long keep working."
+    )
+    key_lookup_wait_s: float = Field(
+        2.0, gt=0, description="Longest a request waits for a key lookup before answering from the cache or 503."
+    )
+    key_cache_max_entries: int = Field(100_000, gt=0, description="Most ingest keys kept in the cache.")
+    key_store_retry_s: float = Field(
+        2.0, gt=0, description="How often the gateway retries opening its key store when it started without it."
+    )
 
 
 class OidcSettings(BaseModel):

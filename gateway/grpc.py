@@ -40,7 +40,7 @@ class _Export:
 
     async def handle(self, body: bytes, context: grpc.aio.ServicerContext):
         try:
-            principal = self._auth.principal(_authorization(context))
+            principal = await self._auth.principal(_authorization(context))
             if self._signal == Signal.TRACES:
                 request = decode_traces(body)
                 checked = drop_invalid_spans(request)

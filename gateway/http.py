@@ -95,7 +95,7 @@ def otlp_http_app(
     async def handle(request: Request, signal: Signal) -> Response:
         is_json = _is_json(request)
         try:
-            principal = auth.principal(request.headers.get("authorization"))
+            principal = await auth.principal(request.headers.get("authorization"))
             _check_media_type(request)
             body = await read_body(request, max_body_bytes)
             if signal == Signal.TRACES:

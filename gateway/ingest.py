@@ -7,6 +7,7 @@ raises a client error (`InvalidInput`, `PayloadTooLarge`) answered 400 / 413."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,9 +20,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from aitrail.bus.base import Bus, BusMessage, Signal
 from aitrail.auth import Authenticator
-from aitrail.errors import Forbidden, InvalidInput, PayloadTooLarge
+from aitrail.errors import Forbidden, InvalidInput, PayloadTooLarge, Unauthorized
 from aitrail.otlp import Checked, split_by_trace
 from aitrail.store.base import Principal, Role
+from aitrail.store.keys import PREFIX as KEY_PREFIX
+
+from .keycache import KeyCache
 
 Request = ExportTraceServiceRequest | ExportLogsServiceRequest
 
@@ -67,17 +71,43 @@ INGEST_ROLES = (Role.INGEST, Role.ADMIN)
 
 @dataclass
 class IngestAuth:
+    """Who sends: `principal(authorization)` → the caller with an ingest role, or the error to
+    answer. aitrail keys go through `keys` (a `KeyCache`: cached, looked up off the event loop,
+    served while the store is away) when given; everything else (OIDC tokens, a missing or
+    malformed header, keys without a cache) through `authenticator`, in a thread since it may
+    fetch a JWKS or read the store."""
+
     authenticator: Authenticator
     required: bool = True
     anonymous_tenant: str = "default"
+    keys: KeyCache | None = None
 
-    def principal(self, authorization: str | None) -> Principal:
+    async def principal(self, authorization: str | None) -> Principal:
         if not authorization and not self.required:
             return Principal(key_id="anonymous", tenant=self.anonymous_tenant, role=Role.INGEST)
-        principal = self.authenticator.principal(authorization)
+        key = _bearer_key(authorization)
+        if key is not None and self.keys is not None:
+            principal = await self.keys.principal(key)
+            if principal is None:
+                raise Unauthorized("unknown or revoked key")
+        elif not authorization:
+            principal = self.authenticator.principal(authorization)  # raises at once: no credentials
+        else:
+            principal = await asyncio.to_thread(self.authenticator.principal, authorization)
         if principal.role not in INGEST_ROLES:
             raise Forbidden(f"role '{principal.role}' cannot ingest; needs role 'ingest'")
         return principal
+
+
+def _bearer_key(authorization: str | None) -> str | None:
+    """The aitrail key of `Authorization: Bearer atk_…`, else None."""
+    if not authorization:
+        return None
+    scheme, _, credential = authorization.partition(" ")
+    credential = credential.strip()
+    if scheme.lower() != "bearer" or not credential.startswith(KEY_PREFIX):
+        return None
+    return credential
 
 
 class Verdicts:
