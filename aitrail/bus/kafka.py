@@ -142,6 +142,7 @@ class KafkaBatch:
         self._bus = bus
         self.messages = messages
         self.generation = bus._generation  # fetched before or after the last rewind
+        self.assignment = bus._assignment  # fetched before or after the last rebalance
         self._first: dict[TopicPartition, int] = {}
         self._next: dict[TopicPartition, int] = {}
         for message in messages:
@@ -162,13 +163,15 @@ class KafkaBatch:
 
     @property
     def stale(self) -> bool:
-        """Fetched before a batch ahead of it failed and rewound: it must be neither written nor
-        acknowledged (that would commit offsets past the failed batch); `discard()` it."""
-        return self.generation < self._bus._generation
+        """Fetched before a batch ahead of it failed and rewound, or before a rebalance (its
+        partitions may have had another owner since, and come back): it must be neither
+        written nor acknowledged (that would commit offsets past records nobody stored);
+        `discard()` it. Checked again just before a batch is acknowledged."""
+        return self.generation < self._bus._generation or self.assignment != self._bus._assignment
 
     async def fail(self, error: BaseException) -> None:
         log.warning("batch failed, rewinding %d partition(s): %s", len(self._first), error)
-        self._bus._rewind(self._first, new_generation=True)
+        self._bus._rewind(self._first, new_generation=True, seek=self.assignment == self._bus._assignment)
 
     async def pause(self) -> None:
         await self._bus._pause()
@@ -179,7 +182,9 @@ class KafkaBatch:
     async def discard(self) -> None:
         """Drop a stale batch: its partitions are rewound (never past the failed batch's start)
         so that Kafka delivers its messages again, after the failed batch's."""
-        self._bus._rewind(self._first, new_generation=False)
+        # After a rebalance the consumer restarts every partition at its committed offset
+        # already: seeking to this batch's start could skip what lies before it.
+        self._bus._rewind(self._first, new_generation=False, seek=self.assignment == self._bus._assignment)
 
 
 class KafkaBus:
@@ -212,6 +217,7 @@ class KafkaBus:
         # rewound partition restarts (the lowest first offset of the failed and stale batches).
         self._generation = 0
         self._floor: dict[TopicPartition, int] = {}
+        self._assignment = 0  # rebalances seen (revocations and assignments)
         # While the store is away: partitions paused, polled anyway so the group keeps us.
         self._poll_lock = asyncio.Lock()
         self._keepalive: asyncio.Task | None = None
@@ -400,16 +406,23 @@ class KafkaBus:
         except KafkaError as exc:  # e.g. a rebalance took the partition: the new owner replays
             log.warning("offset commit failed (the messages will be delivered again): %s", exc)
 
-    def _rewind(self, offsets: dict[TopicPartition, int], *, new_generation: bool) -> None:
+    def _rewind(self, offsets: dict[TopicPartition, int], *, new_generation: bool, seek: bool = True) -> None:
         if new_generation:
             self._generation += 1
             self._floor = {}
+        if not seek:
+            return
         assigned = self._consumer.assignment()
         for tp, offset in offsets.items():
             start = min(offset, self._floor.get(tp, offset))
             self._floor[tp] = start
             if tp in assigned:
                 self._consumer.seek(tp, start)
+
+    def _rebalanced(self) -> None:
+        """Every batch fetched so far is stale; partitions restart at their committed offsets."""
+        self._assignment += 1
+        self._floor = {}
 
     async def lag(self) -> dict[TopicPartition, int]:
         """Messages between each assigned partition's position and its end."""
@@ -428,9 +441,11 @@ class _Listener(ConsumerRebalanceListener):
         self._bus = bus
 
     async def on_partitions_revoked(self, revoked) -> None:
+        self._bus._rebalanced()
         if revoked and self._bus._on_revoked is not None:
             await self._bus._on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned) -> None:
+        self._bus._rebalanced()
         if assigned and self._bus._on_assigned is not None:
             await self._bus._on_assigned(set(assigned))

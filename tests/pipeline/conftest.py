@@ -120,9 +120,9 @@ class Pipeline:
         self.processes.append(process)
         return process
 
-    def collector(self) -> Process:
+    def collector(self, **env: str) -> Process:
         port = free_port()
-        process = self.start("collector", AITRAIL_COLLECTOR__HTTP_PORT=str(port))
+        process = self.start("collector", AITRAIL_COLLECTOR__HTTP_PORT=str(port), **env)
         process.port = port
         wait_until(lambda: _ready(f"http://127.0.0.1:{port}/readyz") or not process.alive(), 120,
                    f"{process.name} ready")
