@@ -452,7 +452,7 @@ class _Kafka:
 
     def consumed_topics(self) -> set[str]:
         """The topics the collectors read: where a replay may go back to."""
-        return {self.kafka.topic}
+        return {self.kafka.topic} | ({self.kafka.logs_topic} if self.kafka.logs_topic else set())
 
     async def _topics(self) -> set[str]:
         from aiokafka.admin import AIOKafkaAdminClient
@@ -573,7 +573,7 @@ class _Kafka:
 
     def _view(self, record, markers: dict[str, Replayed]) -> DeadLetterView:
         from aitrail.bus.kafka import (
-            REASON_HEADER, SHA256_HEADER, SIGNAL_HEADER, SIZE_HEADER, TENANT_HEADER, TRUNCATED_HEADER, decode_headers,
+            REASON_HEADER, SHA256_HEADER, SIZE_HEADER, TENANT_HEADER, TRUNCATED_HEADER, decode_headers,
         )
 
         headers = decode_headers(record.headers)
@@ -587,11 +587,20 @@ class _Kafka:
         ident = _kafka_id(record.partition, record.offset)
         return DeadLetterView(
             id=ident, time=_iso_ms(record.timestamp), tenant=headers.get(TENANT_HEADER) or self.default_tenant,
-            signal=str(_signal(headers.get(SIGNAL_HEADER))), reason=headers.get(REASON_HEADER, ""), source=source,
+            signal=str(self._signal(headers, source)), reason=headers.get(REASON_HEADER, ""), source=source,
             size=int(headers.get(SIZE_HEADER, len(value))) if truncated else len(value), stored_bytes=len(value),
             truncated=truncated, payload_sha256=headers.get(SHA256_HEADER), replayed=markers.get(ident),
             replay_of=headers.get(REPLAY_OF_HEADER, "").removeprefix(f"{self.kafka.dlq_topic}:") or None,
         )
+
+    def _signal(self, headers: dict[str, str], source: dict[str, Any] | None) -> Signal:
+        """As the collector told it: the header, else a message of the logs topic holds logs."""
+        from aitrail.bus.kafka import SIGNAL_HEADER
+
+        if headers.get(SIGNAL_HEADER):
+            return _signal(headers[SIGNAL_HEADER])
+        from_logs = bool(self.kafka.logs_topic) and source is not None and source["topic"] == self.kafka.logs_topic
+        return Signal.LOGS if from_logs else Signal.TRACES
 
     async def views(self, tenant: str | None, progress: Progress | None) -> list[DeadLetterView]:
         topics = await self._topics()

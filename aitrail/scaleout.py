@@ -273,7 +273,8 @@ async def collector(
                     log.error("collector did not drain within 60 s; uncommitted batches will be delivered again")
 
         stack.push_async_callback(stop)
-        log.info("collector %s consuming %s from %s", __version__, settings.kafka.topic, settings.kafka.bootstrap_servers)
+        topics = ", ".join(t for t in (settings.kafka.topic, settings.kafka.logs_topic) if t)
+        log.info("collector %s consuming %s from %s", __version__, topics, settings.kafka.bootstrap_servers)
         yield drain
 
 

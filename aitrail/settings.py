@@ -18,6 +18,10 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 class KafkaSettings(BaseModel):
     bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma separated.")
     topic: str = Field("aitrail.spans.v1", description="Topic the gateway writes and the collector reads.")
+    logs_topic: str = Field(
+        "otlp_logs", description="OTLP logs topic a stock OpenTelemetry Collector writes, also read by the collector "
+                                 "(empty: none)."
+    )
     dlq_topic: str = Field("aitrail.spans.dlq", description="Dead-letter topic for messages that cannot be ingested.")
     group_id: str = Field("aitrail-collector", description="Consumer group of the collectors.")
     max_message_bytes: int = Field(1_000_000, gt=8192, description="Largest message the gateway produces.")
@@ -27,6 +31,15 @@ class KafkaSettings(BaseModel):
         10_000, ge=1_000, description="A collector silent this long loses its partitions to the others."
     )
     heartbeat_interval_ms: int = Field(1_000, ge=100, description="How often a collector tells the group it is alive.")
+
+    @model_validator(mode="after")
+    def _distinct_topics(self) -> KafkaSettings:
+        if self.logs_topic and self.logs_topic in (self.topic, self.dlq_topic):
+            raise ValueError(
+                f"kafka.logs_topic ({self.logs_topic}) must differ from kafka.topic and kafka.dlq_topic: messages "
+                "without an aitrail-signal header are told apart by their topic"
+            )
+        return self
 
     @model_validator(mode="after")
     def _heartbeat_within_session(self) -> KafkaSettings:

@@ -231,7 +231,8 @@ def kafka_env(services, tmp_path, monkeypatch, capsys):
     tag = uuid.uuid4().hex[:8]
     env = {
         "AITRAIL_KAFKA__BOOTSTRAP_SERVERS": services.kafka, "AITRAIL_KAFKA__TOPIC": f"d{tag}.spans",
-        "AITRAIL_KAFKA__DLQ_TOPIC": f"d{tag}.spans.dlq", "AITRAIL_KAFKA__GROUP_ID": f"g-d{tag}",
+        "AITRAIL_KAFKA__DLQ_TOPIC": f"d{tag}.spans.dlq", "AITRAIL_KAFKA__LOGS_TOPIC": f"d{tag}.logs",
+        "AITRAIL_KAFKA__GROUP_ID": f"g-d{tag}",
         "AITRAIL_OPENSEARCH__URL": services.opensearch, "AITRAIL_OPENSEARCH__INDEX_PREFIX": f"d{tag}",
         "AITRAIL_OPENSEARCH__REFRESH_INTERVAL": "100ms", "AITRAIL_DATA_DIR": str(tmp_path / "data"),
         "AITRAIL_COLLECTOR__DEFAULT_TENANT": "stock", "AITRAIL_COLLECTOR__HTTP_PORT": str(free_port()),

@@ -61,12 +61,17 @@ def decode_headers(headers: Sequence[tuple[str, bytes]] | None) -> dict[str, str
     return {key: (value or b"").decode("utf-8", "replace") for key, value in headers or ()}
 
 
-def message_from_record(record, topic: str) -> BusMessage:
-    """A consumed Kafka record as a bus message (tenant, signal and encoding worked out)."""
+def message_from_record(record, topic: str, logs_topic: str | None = None) -> BusMessage:
+    """A consumed Kafka record as a bus message (tenant, signal and encoding worked out).
+    Without an `aitrail-signal` header, a record of `logs_topic` (the stock OpenTelemetry
+    Collector's logs topic) holds logs, any other traces."""
     headers = decode_headers(record.headers)
     value: bytes = record.value or b""
     declared = headers.get(SIGNAL_HEADER)
-    signal = Signal(declared) if declared in (Signal.LOGS, Signal.RECORDS) else Signal.TRACES
+    if declared in (Signal.LOGS, Signal.RECORDS, Signal.TRACES):
+        signal = Signal(declared)
+    else:
+        signal = Signal.LOGS if logs_topic and topic == logs_topic else Signal.TRACES
     # otlp_json is a JSON object; otlp_proto starts with field 1 (0x0A). The collector falls
     # back to the other decoding when this guess fails.
     stripped = value.strip()
@@ -79,14 +84,15 @@ def message_from_record(record, topic: str) -> BusMessage:
 
 
 async def ensure_topics(settings: KafkaSettings) -> list[str]:
-    """Create the span and dead-letter topics when missing; returns the ones created."""
+    """Create the span, logs and dead-letter topics when missing; returns the ones created."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=15_000)
     try:
         await admin.start()
         existing = set(await admin.list_topics())
-        missing = [t for t in (settings.topic, settings.dlq_topic) if t not in existing]
+        missing = [t for t in (settings.topic, settings.logs_topic, settings.dlq_topic) if t and t not in existing]
         if missing:
             limits = {settings.topic: settings.max_message_bytes + TOPIC_HEADROOM,
+                      settings.logs_topic: settings.max_message_bytes + TOPIC_HEADROOM,
                       settings.dlq_topic: settings.max_message_bytes + TOPIC_HEADROOM + DLQ_HEADROOM}
             try:
                 await admin.create_topics([
@@ -250,7 +256,8 @@ class KafkaBus:
                     session_timeout_ms=self.settings.session_timeout_ms,
                     heartbeat_interval_ms=self.settings.heartbeat_interval_ms, max_poll_interval_ms=300_000,
                 )
-                self._consumer.subscribe([self.settings.topic], listener=_Listener(self))
+                topics = [self.settings.topic] + ([self.settings.logs_topic] if self.settings.logs_topic else [])
+                self._consumer.subscribe(topics, listener=_Listener(self))
                 await self._consumer.start()
         except KafkaError as exc:
             await self.close()
@@ -356,7 +363,7 @@ class KafkaBus:
             async with self._poll_lock:
                 fetched = await self._consumer.getmany(timeout_ms=self._fetch_wait_ms, max_records=self._max_batch)
             messages = [
-                message_from_record(record, tp.topic)
+                message_from_record(record, tp.topic, self.settings.logs_topic)
                 for tp, records in sorted(fetched.items(), key=lambda item: item[0].partition)
                 for record in records
             ]
