@@ -11,7 +11,8 @@ loop, and down whenever the store is. `KeyCache` answers from memory instead:
 - **Negative entries** (unknown or revoked keys) are remembered `negative_ttl_s`, so a sender
   with a wrong key does not turn every request into a store lookup, and a key created a moment
   ago works within that time.
-- **Lookups run in a thread** (the store clients are blocking), at most one at a time per key
+- **Lookups run in a thread** (the store clients are blocking; a daemon thread, so a hanging
+  lookup never holds the process at exit), at most one at a time per key
   (single flight: a burst of requests with an expired key makes one lookup), and a request
   waits at most `wait_s` for one.
 - **While the store cannot answer** (unreachable, timing out, not open yet), a key the store
@@ -38,6 +39,7 @@ from aitrail.store.base import Principal
 from aitrail.store.keys import hash_key
 
 from .telemetry import gateway_metrics
+from .threads import in_daemon_thread
 
 log = logging.getLogger(__name__)
 
@@ -100,16 +102,14 @@ class KeyCache:
         flight = self._flights.get(digest)
         if flight is None:
             flight = self._flights[digest] = asyncio.get_running_loop().create_task(self._check(key, digest))
-        usable_stale = (
-            entry is not None and entry.principal is not None and now - entry.confirmed_at <= self._settings.max_stale_s
-        )
+        usable_stale = self._usable_stale(entry, now)
         if usable_stale and self.store_error is not None:
             self._count("stale")  # the store is known to be away: do not make the sender wait for it
             return entry.principal
         try:
             answer = await asyncio.wait_for(asyncio.shield(flight), self._settings.wait_s)
-        except TimeoutError:
-            answer = _Answer(error=f"the key store did not answer within {self._settings.wait_s:g} s")
+        except TimeoutError:  # the lookup goes on; meanwhile the store counts as away
+            answer = self._failed(f"the key store did not answer within {self._settings.wait_s:g} s")
         if answer.error is None:
             self._count("looked_up")
             return answer.principal
@@ -133,7 +133,7 @@ class KeyCache:
             self._remember(digest, principal)
             return principal
         except Exception as exc:
-            if entry is not None and entry.principal is not None and now - entry.confirmed_at <= self._settings.max_stale_s:
+            if self._usable_stale(entry, now):
                 return entry.principal
             if isinstance(exc, Unavailable):
                 raise
@@ -144,7 +144,7 @@ class KeyCache:
         """One lookup in a thread; never raises (its answer may have no one waiting for it)."""
         try:
             try:
-                principal = await asyncio.to_thread(self._lookup, key)
+                principal = await in_daemon_thread(self._lookup, key, name="aitrail-key-lookup")
             except AitrailError as exc:
                 return self._failed(exc.message)
             except Exception as exc:  # noqa: BLE001 (a store that fails oddly is a store that cannot answer)
@@ -159,6 +159,10 @@ class KeyCache:
             return _Answer(principal)
         finally:
             self._flights.pop(digest, None)
+
+    def _usable_stale(self, entry: _Entry | None, now: float) -> bool:
+        """A valid key's entry past its TTL that may still be used while the store cannot answer."""
+        return entry is not None and entry.principal is not None and now - entry.confirmed_at <= self._settings.max_stale_s
 
     def _remember(self, digest: str, principal: Principal | None) -> None:
         now = self._clock()

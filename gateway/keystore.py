@@ -16,6 +16,8 @@ from collections.abc import Callable
 from aitrail.errors import AitrailError, Unavailable
 from aitrail.store.base import Principal
 
+from .threads import in_daemon_thread
+
 log = logging.getLogger(__name__)
 
 
@@ -36,7 +38,7 @@ class BackgroundStore:
         while self._store is None:
             attempt += 1
             try:
-                self._store = await asyncio.to_thread(self._open)
+                self._store = await in_daemon_thread(self._open, name="aitrail-key-store-open")
             except Exception as exc:  # noqa: BLE001 (anything that stops the open is retried)
                 reason = exc.message if isinstance(exc, AitrailError) else f"{type(exc).__name__}: {exc}"
                 if attempt == 1 or reason != self.open_error:
@@ -59,7 +61,8 @@ class BackgroundStore:
         if self._store is None:
             return f"not open: {self.open_error}"
         if self._ping is None or self._ping.done():
-            self._ping = asyncio.get_running_loop().create_task(asyncio.to_thread(self._store.ping))
+            ping = in_daemon_thread(self._store.ping, name="aitrail-key-store-ping")
+            self._ping = asyncio.get_running_loop().create_task(ping)
         try:
             answered = await asyncio.wait_for(asyncio.shield(self._ping), wait_s)
         except TimeoutError:
