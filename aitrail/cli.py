@@ -473,7 +473,8 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         for d in listing.data:
             source = f"{d.source['topic']}/{d.source['partition']}@{d.source['offset']}" if d.source else "in-process"
             size = f"{d.size}" + (f" (truncated to {d.stored_bytes}: not replayable)" if d.truncated else "")
-            reason = d.reason + (f" (replay of {d.replay_of})" if d.replay_of else "")
+            reason = (f"[{d.refused}{' ' + d.record_id if d.record_id else ''}] " if d.refused else "") + d.reason
+            reason += f" (replay of {d.replay_of})" if d.replay_of else ""
             row = [d.id, d.time, d.tenant, d.signal, escape(reason), escape(source), size]
             if args.all:
                 r = d.replayed

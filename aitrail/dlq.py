@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int | None], None]  # (what, done, total or None)
 
 REPLAY_OF_HEADER = "aitrail-replay-of"
+# What the collector set aside, when it says (aitrail.bus.base): `invalid` (the message), or
+# `rejected` / `conflict` (one record of it, named by the record-id header).
+_OUTCOME_HEADER = "aitrail-dlq-outcome"
+_RECORD_HEADER = "aitrail-dlq-record-id"
 _EMBEDDED_REPLAY_OF = "replay_of"
 # Headers the collector adds when it dead-letters a message; a replay drops them.
 _DEAD_LETTER_HEADER_PREFIXES = ("aitrail-dlq-", "aitrail-source-")
@@ -88,6 +92,8 @@ class DeadLetterView:
     payload_sha256: str | None = None  # of the original, when truncated
     replayed: Replayed | None = None
     replay_of: str | None = None  # the dead letter whose replay failed again as this one
+    refused: str | None = None  # `invalid` (the message), `rejected` or `conflict` (one record of it)
+    record_id: str | None = None  # the record refused, for `rejected` and `conflict`
 
     @property
     def replayable(self) -> bool:
@@ -253,7 +259,8 @@ class _Embedded:
             signal=str(_signal(headers.get("signal") or headers.get("aitrail-signal"))), reason=row["reason"],
             source=source, size=int(headers.get("aitrail-dlq-payload-bytes", len(payload))) if truncated else len(payload),
             stored_bytes=len(payload), truncated=truncated, payload_sha256=headers.get("aitrail-dlq-payload-sha256"),
-            replayed=replayed, replay_of=headers.get(_EMBEDDED_REPLAY_OF),
+            replayed=replayed, replay_of=headers.get(_EMBEDDED_REPLAY_OF), refused=headers.get(_OUTCOME_HEADER),
+            record_id=headers.get(_RECORD_HEADER),
         )
 
     @staticmethod
@@ -344,23 +351,26 @@ class _Embedded:
         # One message at a time through the normaliser, so every record and every refusal is
         # traced back to the dead letter it came from.
         records, origin = [], {}
-        refusals: list[tuple[int, BusMessage, str]] = []
+        refusals: list[tuple[int, BusMessage, str, dict[str, str]]] = []
         for index, message in enumerate(messages):
             result = pipeline.normalise([message])
-            refusals += [(index, dead, reason) for dead, reason in result.dead]
+            refusals += [(index, dead, reason, {_OUTCOME_HEADER: "invalid"}) for dead, reason in result.dead]
             for record in result.records:
                 origin.setdefault(record.record_id, index)
                 records.append(record)
-        for record_id, reason in _write(writer, records).items():  # refused by the store, per record
+        for record_id, (outcome, why) in _write(writer, records).items():  # refused by the store, per record
             if record_id in origin:
-                refusals.append((origin[record_id], messages[origin[record_id]], reason))
+                index = origin[record_id]
+                refusals.append((index, messages[index], f"{outcome}: record {record_id}: {why}",
+                                 {_OUTCOME_HEADER: outcome, _RECORD_HEADER: record_id}))
         failed: dict[int, tuple[str, str | None]] = {}
-        for index, dead, reason in refusals:
+        for index, dead, reason, marks in refusals:
             source = messages[index]
             # Dead-lettered again through the store's own dead-letter path, with the new reason.
             payload = dead.payload or (dead.decoded.SerializeToString() if dead.decoded is not None else source.payload)
             store.add_dead_letter(reason, payload, {
                 "signal": str(dead.signal), "tenant": dead.tenant or "", _EMBEDDED_REPLAY_OF: str(rows[index]["id"]),
+                **marks,
             })
             if index not in failed:
                 found = conn.execute(
@@ -381,9 +391,9 @@ class _Embedded:
         return outcomes
 
 
-def _write(writer, records, attempts: int = 8) -> dict[str, str]:
+def _write(writer, records, attempts: int = 8) -> dict[str, tuple[str, str]]:
     """Store with the collector's idempotent write; returns the records the store refused
-    (record id → reason). A log another process advanced meanwhile (`aitrail serve` running:
+    (record id → (`rejected` or `conflict`, reason)). A log another process advanced meanwhile (`aitrail serve` running:
     `FencedError`) or a busy store is retried a few times; a sealed batch the store refuses
     records of (an error naming them in `rejected`) is written again without them."""
     pending, refused, delay = list(records), {}, 0.1
@@ -393,7 +403,7 @@ def _write(writer, records, attempts: int = 8) -> dict[str, str]:
         except AitrailError as exc:
             named = getattr(exc, "rejected", None)
             if named and attempt < attempts - 1:
-                refused.update(named)
+                refused.update({record_id: ("rejected", why) for record_id, why in named.items()})
                 pending = [r for r in pending if r.record_id not in named]
                 continue
             if not exc.retriable or attempt == attempts - 1:
@@ -402,8 +412,8 @@ def _write(writer, records, attempts: int = 8) -> dict[str, str]:
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
             continue
-        for record_id, (_outcome, reason) in (getattr(result, "refused", None) or {}).items():
-            refused[record_id] = reason
+        for record_id, (outcome, reason) in (getattr(result, "refused", None) or {}).items():
+            refused[record_id] = (str(outcome), reason)
         return refused
     raise Unavailable("the store kept refusing the replayed records")
 
@@ -591,6 +601,7 @@ class _Kafka:
             size=int(headers.get(SIZE_HEADER, len(value))) if truncated else len(value), stored_bytes=len(value),
             truncated=truncated, payload_sha256=headers.get(SHA256_HEADER), replayed=markers.get(ident),
             replay_of=headers.get(REPLAY_OF_HEADER, "").removeprefix(f"{self.kafka.dlq_topic}:") or None,
+            refused=headers.get(_OUTCOME_HEADER), record_id=headers.get(_RECORD_HEADER),
         )
 
     def _signal(self, headers: dict[str, str], source: dict[str, Any] | None) -> Signal:

@@ -143,7 +143,8 @@ def test_embedded_truncated_and_undecodable_dead_letters(tmp_path, capsys):
 
     data = tmp_path / "data"
     store = SqliteStore.in_dir(data)
-    store.add_dead_letter("not a valid OTLP payload", b"\x0a\xff\xff\xff not otlp", {"signal": "traces", "tenant": "acme"})
+    store.add_dead_letter("not a valid OTLP payload", b"\x0a\xff\xff\xff not otlp", {
+        "signal": "traces", "tenant": "acme", "aitrail-dlq-outcome": "rejected", "aitrail-dlq-record-id": "r1"})
     store.add_dead_letter("too big", SPAN_CAPTURE[:100], {
         "signal": "traces", "tenant": "acme", "aitrail-dlq-truncated": "true",
         "aitrail-dlq-payload-sha256": "ab" * 32, "aitrail-dlq-payload-bytes": str(len(SPAN_CAPTURE)),
@@ -151,6 +152,10 @@ def test_embedded_truncated_and_undecodable_dead_letters(tmp_path, capsys):
     store.close()
     code, out, _ = run_cli(capsys, "dlq", "list", "--data-dir", str(data), "--json")
     first, truncated = json.loads(out)["data"]
+    assert (first["refused"], first["record_id"]) == ("rejected", "r1")
+    assert (truncated["refused"], truncated["record_id"]) == (None, None)
+    code, out, _ = run_cli(capsys, "dlq", "list", "--data-dir", str(data))
+    assert "[rejected r1] not a valid OTLP payload" in out and "(truncated to 100: not replayable)" in out
     assert truncated["truncated"] and not truncated["replayable"]
     assert truncated["size"] == len(SPAN_CAPTURE) and truncated["stored_bytes"] == 100
     code, out, err = run_cli(capsys, "dlq", "replay", "--data-dir", str(data), "--id", truncated["id"])
@@ -273,6 +278,7 @@ async def produce_dead_letter(settings, payload: bytes, reason: str, limit: int)
     from aitrail.bus.kafka import REASON_HEADER, TENANT_HEADER, fit_dead_letter
 
     value, headers = fit_dead_letter(payload, b"k", {TENANT_HEADER: "acme", REASON_HEADER: reason,
+                                                     "aitrail-dlq-outcome": "invalid",
                                                      "aitrail-source-topic": settings.kafka.topic,
                                                      "aitrail-source-partition": "0", "aitrail-source-offset": "7"},
                                      limit)
@@ -310,6 +316,7 @@ def test_kafka_list_replay_after_a_fix(kafka_env, monkeypatch, capsys):
         truncated = wait_until(lambda: [d for d in kafka_listing(capsys)["data"] if d["truncated"]], 30, "truncated")[0]
         assert truncated["size"] == len(SPAN_CAPTURE) * 40 and truncated["stored_bytes"] < 20_000
         assert not truncated["replayable"] and len(truncated["payload_sha256"]) == 64
+        assert truncated["refused"] == "invalid" and truncated["record_id"] is None
         code, out, _ = run_cli(capsys, "dlq", "list", "--tenant", "globex")
         assert code == 0 and "1 dead letter(s)" in out and "normaliser bug for globex" in out
 
@@ -364,3 +371,38 @@ def test_kafka_unreachable_cannot_run(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("AITRAIL_DATA_DIR", str(tmp_path))
     code, _, err = run_cli(capsys, "dlq", "list", "--backend", "kafka")
     assert code == 2 and "cannot reach Kafka" in err
+
+
+def test_embedded_replay_records_the_store_refuses_fail_again(tmp_path, monkeypatch, capsys):
+    """A record the store refuses on replay (rejected, or a conflict with what is stored) makes
+    its dead letter fail again, with the outcome and the record id, and nothing of it is lost."""
+    from types import SimpleNamespace
+
+    from aitrail.collector import sequencing as sequencing_module
+    from aitrail.store.sqlite import SqliteStore
+
+    data = tmp_path / "data"
+    store = SqliteStore.in_dir(data)
+    store.add_dead_letter("normalisation failed: an old bug", SPAN_CAPTURE, {"signal": "traces", "tenant": "acme"})
+    store.close()
+    real_open = sequencing_module.open_sequencing
+    refused: list[str] = []
+
+    class Refusing:
+        def __init__(self, inner) -> None:
+            self.inner = inner
+
+        def write(self, records):
+            first, rest = records[0], records[1:]
+            refused.append(first.record_id)
+            self.inner.write(rest)
+            return SimpleNamespace(refused={first.record_id: ("conflict", "stored with other content")})
+
+    monkeypatch.setattr(sequencing_module, "open_sequencing", lambda *a, **k: Refusing(real_open(*a, **k)))
+    code, out, err = run_cli(capsys, "dlq", "replay", "--data-dir", str(data))
+    assert code == 1, (out, err)
+    assert f"1: failed again as dead letter 2: conflict: record {refused[0]}: stored with other content" in out
+    code, out, _ = run_cli(capsys, "dlq", "list", "--data-dir", str(data), "--json")
+    (again,) = json.loads(out)["data"]
+    assert (again["refused"], again["record_id"], again["replay_of"]) == ("conflict", refused[0], "1")
+    assert again["size"] == len(SPAN_CAPTURE)  # the whole source message, to replay once the conflict is resolved
