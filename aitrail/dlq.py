@@ -497,9 +497,10 @@ class _Kafka:
             await admin.close()
 
     async def _scan(self, topic: str, *, start: dict[int, int] | None = None, progress: Progress | None = None,
-                    what: str = "") -> list:
+                    what: str = "", keep: Callable[[Any], Any] | None = None) -> list:
         """Every record of `topic` (from `start` offsets per partition, else the beginning) up
-        to its end as it is now."""
+        to its end as it is now; with `keep`, what it returns for each record, None left out
+        (so that payloads not needed are not held)."""
         from aiokafka import AIOKafkaConsumer, TopicPartition
         from aiokafka.errors import KafkaError
 
@@ -523,7 +524,7 @@ class _Kafka:
                 consumer.seek(tp, begin[tp])
             pending = {tp for tp in tps if begin[tp] < ends[tp]}
             total = sum(max(0, ends[tp] - begin[tp]) for tp in tps)
-            records, last_progress = [], time.monotonic()
+            records, scanned, last_progress = [], 0, time.monotonic()
             while pending:
                 fetched = await consumer.getmany(*pending, timeout_ms=500)
                 if fetched:
@@ -532,12 +533,18 @@ class _Kafka:
                     raise Unavailable(f"reading {topic} from Kafka at {self.kafka.bootstrap_servers} made no "
                                       f"progress for {_SCAN_STALL_S:.0f} s")
                 for tp, batch in fetched.items():
-                    records += [r for r in batch if r.offset < ends[tp]]
+                    for record in batch:
+                        if record.offset >= ends[tp]:
+                            continue
+                        scanned += 1
+                        item = record if keep is None else keep(record)
+                        if item is not None:
+                            records.append(item)
                 for tp in list(pending):
                     if await consumer.position(tp) >= ends[tp]:
                         pending.discard(tp)
                 if progress is not None and what:
-                    progress(what, min(len(records), total), total)
+                    progress(what, min(scanned, total), total)
             return records
         except KafkaError as exc:
             raise self._unavailable(exc) from exc
@@ -618,10 +625,13 @@ class _Kafka:
         if self.kafka.dlq_topic not in topics:
             return []
         markers = await self._markers(topics)
-        records = await self._scan(self.kafka.dlq_topic, progress=progress, what=f"reading {self.kafka.dlq_topic}")
-        records.sort(key=lambda r: (r.timestamp or 0, r.partition, r.offset))
-        views = [self._view(r, markers) for r in records]
-        return [v for v in views if tenant is None or v.tenant == tenant]
+        def keep(record) -> DeadLetterView | None:
+            view = self._view(record, markers)
+            return view if tenant is None or view.tenant == tenant else None
+
+        views = await self._scan(self.kafka.dlq_topic, progress=progress, what=f"reading {self.kafka.dlq_topic}",
+                                 keep=keep)
+        return sorted(views, key=lambda v: (v.time, *map(int, v.id.split(":"))))
 
     async def _one(self, partition: int, offset: int):
         from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -683,16 +693,20 @@ class _Kafka:
         else:
             if self.kafka.dlq_topic not in topics:
                 return report
-            records = await self._scan(self.kafka.dlq_topic, progress=progress, what=f"reading {self.kafka.dlq_topic}")
-            chosen = []
-            for record in sorted(records, key=lambda r: (r.timestamp or 0, r.partition, r.offset)):
+            def waiting(record):
                 view = self._view(record, markers)
                 if view.replayed is not None or (tenant is not None and view.tenant != tenant):
-                    continue
+                    return None
+                return (None if view.truncated else record), view  # a truncated one's payload is not needed
+
+            chosen = []
+            found = await self._scan(self.kafka.dlq_topic, progress=progress, what=f"reading {self.kafka.dlq_topic}",
+                                     keep=waiting)
+            for record, view in sorted(found, key=lambda item: (item[1].time, *map(int, item[1].id.split(":")))):
                 if view.truncated:
                     report.outcomes.append(ReplayOutcome(view.id, Outcome.NOT_REPLAYABLE, _not_replayable(view)))
-                    continue
-                chosen.append((record, view))
+                else:
+                    chosen.append((record, view))
         if not chosen:
             return report
 
