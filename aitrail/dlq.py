@@ -350,7 +350,7 @@ class _Embedded:
             ))
         # One message at a time through the normaliser, so every record and every refusal is
         # traced back to the dead letter it came from.
-        records, origin = [], {}
+        records, origin, produced = [], {}, set()
         refusals: list[tuple[int, BusMessage, str, dict[str, str]]] = []
         for index, message in enumerate(messages):
             result = pipeline.normalise([message])
@@ -358,6 +358,7 @@ class _Embedded:
             for record in result.records:
                 origin.setdefault(record.record_id, index)
                 records.append(record)
+                produced.add(index)
         for record_id, (outcome, why) in _write(writer, records).items():  # refused by the store, per record
             if record_id in origin:
                 index = origin[record_id]
@@ -387,7 +388,9 @@ class _Embedded:
                 "new_dead_letter_id) VALUES (?, ?, ?, ?, ?)",
                 (row["id"], _now(), str(outcome), reason, None if new_id is None else int(new_id)),
             )
-            outcomes.append(ReplayOutcome(str(row["id"]), outcome, reason or "", new_id))
+            detail = reason or ("" if index in produced else "nothing in it to store: no span or log record "
+                                                              "aitrail records")
+            outcomes.append(ReplayOutcome(str(row["id"]), outcome, detail, new_id))
         return outcomes
 
 
@@ -860,5 +863,5 @@ def outcome_lines(outcomes: Sequence[ReplayOutcome]) -> list[str]:
         elif o.outcome == Outcome.SUBMITTED:
             lines.append(f"{o.id}: submitted ({o.detail})")
         else:
-            lines.append(f"{o.id}: stored")
+            lines.append(f"{o.id}: stored" + (f" ({o.detail})" if o.detail else ""))
     return lines

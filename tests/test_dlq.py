@@ -406,3 +406,14 @@ def test_embedded_replay_records_the_store_refuses_fail_again(tmp_path, monkeypa
     (again,) = json.loads(out)["data"]
     assert (again["refused"], again["record_id"], again["replay_of"]) == ("conflict", refused[0], "1")
     assert again["size"] == len(SPAN_CAPTURE)  # the whole source message, to replay once the conflict is resolved
+
+
+def test_embedded_replay_says_when_a_dead_letter_held_nothing_to_store(tmp_path, capsys):
+    from aitrail.store.sqlite import SqliteStore
+
+    data = tmp_path / "data"
+    store = SqliteStore.in_dir(data)
+    store.add_dead_letter("normalisation failed: an old bug", b"", {"signal": "logs", "tenant": "acme"})
+    store.close()
+    code, out, _ = run_cli(capsys, "dlq", "replay", "--data-dir", str(data))
+    assert code == 0 and out.strip() == "1: stored (nothing in it to store: no span or log record aitrail records)"
