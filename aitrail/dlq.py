@@ -449,6 +449,17 @@ def _parse_kafka_id(text: str) -> tuple[int, int]:
     return int(partition), int(offset)
 
 
+async def _stop(consumer) -> None:
+    """aiokafka's group-less consumer can raise CancelledError from stop(); nothing is lost then."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():  # we are being cancelled (Ctrl-C): let it through
+            raise
+        log.debug("Kafka consumer stop was cancelled")
+
+
 class _Kafka:
     def __init__(self, settings) -> None:
         from aitrail.bus.kafka import DLQ_HEADROOM, TOPIC_HEADROOM
@@ -552,7 +563,7 @@ class _Kafka:
         except KafkaError as exc:
             raise self._unavailable(exc) from exc
         finally:
-            await consumer.stop()
+            await _stop(consumer)
 
     async def _end_offsets(self, topic: str) -> dict[int, int]:
         from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -569,7 +580,7 @@ class _Kafka:
         except KafkaError as exc:
             raise self._unavailable(exc) from exc
         finally:
-            await consumer.stop()
+            await _stop(consumer)
 
     async def _markers(self, topics: set[str]) -> dict[str, Replayed]:
         if self.markers_topic not in topics:
@@ -666,7 +677,7 @@ class _Kafka:
         except KafkaError as exc:
             raise self._unavailable(exc) from exc
         finally:
-            await consumer.stop()
+            await _stop(consumer)
 
     def _replay_target(self, headers: dict[str, str]) -> str:
         source = headers.get("aitrail-source-topic")
@@ -696,6 +707,7 @@ class _Kafka:
         else:
             if self.kafka.dlq_topic not in topics:
                 return report
+
             def waiting(record):
                 view = self._view(record, markers)
                 if view.replayed is not None or (tenant is not None and view.tenant != tenant):
