@@ -116,15 +116,34 @@ def add_indexed(store: dict[int, dict[str, Any]], rest: str, value: Any) -> bool
 # --- messages ---------------------------------------------------------------------------
 
 
-def _tool_call(call: Any) -> dict[str, Any] | None:
+def _tool_call(call: Any, every_key: bool = True) -> dict[str, Any] | None:
+    """One tool call as `{"id", "name", "arguments", ...}`. OpenAI's `function` object is
+    lifted (`{"id", "type", "function": {"name", "arguments"}}`), Anthropic's `input` read as
+    the arguments; with `every_key` the call's other keys (`type` …) are kept as sent (a
+    parts message keeps its parts whole, so its calls carry the three alone)."""
     if not isinstance(call, dict):
         return None
-    fn = call.get("function")
-    if isinstance(fn, dict):  # OpenAI: {"id", "type": "function", "function": {"name", "arguments"}}
-        out = {"id": call.get("id"), "name": fn.get("name"), "arguments": fn.get("arguments")}
-    else:
+    if not every_key:
         out = {"id": call.get("id"), "name": call.get("name"), "arguments": call.get("arguments", call.get("input"))}
-    return {k: v for k, v in out.items() if v is not None}
+        return {k: v for k, v in out.items() if v is not None}
+    out = {k: v for k, v in call.items() if v is not None and k != "function"}
+    fn = call.get("function")
+    if isinstance(fn, dict):
+        rest = {}
+        for k, v in fn.items():
+            if v is None:
+                continue
+            if (k == "name" or k == "arguments") and out.get(k, v) == v:
+                out[k] = v
+            else:
+                rest[k] = v
+        if rest:
+            out["function"] = rest
+    elif fn is not None:
+        out["function"] = fn
+    if "arguments" not in out and "input" in out:
+        out["arguments"] = out.pop("input")
+    return out
 
 
 def _block_text(block: Any) -> str | None:
@@ -141,15 +160,32 @@ def _block_text(block: Any) -> str | None:
     return None
 
 
-def _from_parts(m: dict[str, Any], role: str) -> dict[str, Any]:
+_PLAIN_BLOCK_KEYS = frozenset(("type", "text", "content"))
+
+
+def _plain_block(block: Any) -> bool:
+    """The block is text and nothing else: its text alone says all it held."""
+    if isinstance(block, str):
+        return True
+    if not isinstance(block, dict) or len(block) > 2 or not _PLAIN_BLOCK_KEYS.issuperset(block):
+        return False
+    text = block.get("text", block.get("content"))
+    return isinstance(text, str) and _is_text_type(block.get("type", "text"))
+
+
+_PARTS_KEYS = frozenset(("role", "parts", "name", "finish_reason"))
+_OPENAI_KEYS = frozenset(("role", "content", "tool_calls", "tool_call_id", "name", "finish_reason"))
+
+
+def _from_parts(m: dict[str, Any], role: str, left: dict[str, Any] | None, prefix: str) -> dict[str, Any]:
     parts = m.get("parts")
     msg: dict[str, Any] = {"role": role}
     if type(parts) is list and len(parts) == 1:  # fast path: one text part, the usual case
         part = parts[0]
-        if type(part) is dict and part.get("type") == "text" and type(part.get("content")) is str:
+        if type(part) is dict and len(part) == 2 and part.get("type") == "text" and type(part.get("content")) is str:
             msg["content"] = part["content"]
             if len(m) > 2:
-                _copy_meta(m, msg)
+                _copy_meta(m, msg, left, prefix, _PARTS_KEYS)
             return msg
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
@@ -159,14 +195,18 @@ def _from_parts(m: dict[str, Any], role: str) -> dict[str, Any]:
             if not isinstance(part, dict):
                 if isinstance(part, str):
                     texts.append(part)
+                elif part is not None:
+                    structured = True
                 continue
             kind = part.get("type")
             if kind == "text":
                 c = part.get("content")
                 texts.append(c if isinstance(c, str) else to_text(c) or "")
+                if len(part) > 2 or not isinstance(c, str):
+                    structured = True  # more than its text: keep the part as sent
             elif kind == "tool_call":
                 structured = True
-                call = _tool_call(part)
+                call = _tool_call(part, every_key=False)
                 if call:
                     calls.append(call)
             elif kind == "tool_call_response":
@@ -176,17 +216,21 @@ def _from_parts(m: dict[str, Any], role: str) -> dict[str, Any]:
                 texts.append(to_text(part.get("response", part.get("result"))) or "")
             else:
                 structured = True
+    elif isinstance(parts, str):
+        texts.append(parts)
+    elif parts is not None and left is not None:
+        left[prefix + "parts"] = parts
     if texts:
         msg["content"] = "\n".join(texts)
     if calls:
         msg["tool_calls"] = calls
     if structured:
         msg["parts"] = [p if isinstance(p, dict) else {"type": "text", "content": p} for p in parts]
-    _copy_meta(m, msg)
+    _copy_meta(m, msg, left, prefix, _PARTS_KEYS)
     return msg
 
 
-def _from_openai(m: dict[str, Any], role: str) -> dict[str, Any]:
+def _from_openai(m: dict[str, Any], role: str, left: dict[str, Any] | None, prefix: str) -> dict[str, Any]:
     msg: dict[str, Any] = {"role": role}
     content = m.get("content")
     if isinstance(content, str):
@@ -200,77 +244,142 @@ def _from_openai(m: dict[str, Any], role: str) -> dict[str, Any]:
                 structured = True
             else:
                 texts.append(text)
+                if not structured and not _plain_block(block):
+                    structured = True  # cache_control, annotations …: keep the blocks as sent
         if texts:
             msg["content"] = "\n".join(texts)
         if structured:
             msg["parts"] = [b if isinstance(b, dict) else {"type": "text", "text": b} for b in content]
     elif isinstance(content, dict):
         text = _block_text(content)
-        msg["content"] = text if text is not None else to_text(content)
+        if text is None:
+            msg["content"] = to_text(content)  # the whole block, as JSON text
+        else:
+            msg["content"] = text
+            if not _plain_block(content):
+                msg["parts"] = [content]
     elif content is not None:
         msg["content"] = to_text(content)
     calls = m.get("tool_calls")
+    used_function_call = False
     if isinstance(calls, list):
-        tool_calls = [c for c in map(_tool_call, calls) if c]
+        tool_calls = []
+        for i, c in enumerate(calls):
+            call = _tool_call(c)
+            if call:
+                tool_calls.append(call)
+            elif c is not None and c != {} and left is not None:
+                left[f"{prefix}tool_calls.{i}"] = c
         if tool_calls:
             msg["tool_calls"] = tool_calls
     elif isinstance(m.get("function_call"), dict):
         call = _tool_call(m["function_call"])
         if call:
             msg["tool_calls"] = [call]
-    tool_call_id = m.get("tool_call_id", m.get("id") if role == "tool" else None)
+            used_function_call = True
+    tool_call_id = m.get("tool_call_id")
+    used_id = False
+    if tool_call_id is None and role == "tool":
+        tool_call_id = m.get("id")
+        used_id = tool_call_id is not None
     if tool_call_id is not None:
         msg["tool_call_id"] = str(tool_call_id)
-    _copy_meta(m, msg)
+    if left is None:
+        _copy_meta(m, msg, None, prefix, _OPENAI_KEYS)
+        return msg
+    if calls is not None and not isinstance(calls, list):
+        left[prefix + "tool_calls"] = calls
+    _copy_meta(m, msg, left, prefix, _OPENAI_KEYS)
+    if used_function_call:
+        left.pop(prefix + "function_call", None)
+    if used_id:
+        left.pop(prefix + "id", None)
     return msg
 
 
-def _copy_meta(src: dict[str, Any], msg: dict[str, Any]) -> None:
+def _copy_meta(
+    src: dict[str, Any], msg: dict[str, Any], left: dict[str, Any] | None, prefix: str, known: frozenset[str]
+) -> None:
+    """`name` and `finish_reason` onto the message; with `left`, every other field of the
+    message the mapping did not read goes there (`prefix + key`)."""
     name = src.get("name")
     if isinstance(name, str):
         msg["name"] = name
     finish = src.get("finish_reason")
     if finish is not None:
         msg["finish_reason"] = str(finish)
+    if left is None:
+        return
+    for k, v in src.items():
+        if v is None:
+            continue
+        if k not in known or (k == "name" and not isinstance(v, str)) or (k == "role" and not isinstance(v, str)):
+            left[prefix + k] = v
+        elif k == "finish_reason" and not isinstance(v, str):
+            left[prefix + k] = v  # kept as text on the message, as sent here
 
 
-def to_message(obj: Any, default_role: str) -> dict[str, Any] | None:
-    """One message in any known shape → Message-shaped dict (None if unusable)."""
+def to_message(
+    obj: Any, default_role: str, left: dict[str, Any] | None = None, prefix: str = ""
+) -> dict[str, Any] | None:
+    """One message in any known shape → Message-shaped dict (None if unusable).
+
+    With `left`, the message's fields the mapping did not read (`id`, `index`, `refusal`,
+    `logprobs`, an inner message's leftovers as `message.<key>` …) are added to it under
+    `prefix + key`, for the caller to keep in `raw_attributes`."""
     if type(obj) is dict and "parts" in obj:
         role = obj.get("role")
-        return _from_parts(obj, role if isinstance(role, str) and role else default_role)
+        return _from_parts(obj, role if isinstance(role, str) and role else default_role, left, prefix)
     if isinstance(obj, str):
         return {"role": default_role, "content": obj}
     if not isinstance(obj, dict):
         return None
     inner = obj.get("message")
     if isinstance(inner, dict) and "role" not in obj:  # a choice
-        msg = to_message(inner, default_role) or {"role": default_role}
-        if obj.get("finish_reason") is not None:
-            msg["finish_reason"] = str(obj["finish_reason"])
+        msg = to_message(inner, default_role, left, prefix + "message.") or {"role": default_role}
+        finish = obj.get("finish_reason")
+        if finish is not None:
+            if left is not None and msg.get("finish_reason") not in (None, str(finish)):
+                left[prefix + "message.finish_reason"] = msg["finish_reason"]
+            msg["finish_reason"] = str(finish)
+        if left is not None:
+            for k, v in obj.items():
+                if v is not None and k != "message" and k != "finish_reason":
+                    left[prefix + k] = v
         return msg
     role = obj.get("role")
     role = role if isinstance(role, str) and role else default_role
-    if "parts" in obj:
-        return _from_parts(obj, role)
-    return _from_openai(obj, role)
+    return _from_openai(obj, role, left, prefix)
 
 
-def parse_messages(value: Any, default_role: str) -> list[dict[str, Any]] | None:
+def parse_messages(value: Any, default_role: str, left: dict[str, Any] | None = None) -> list[dict[str, Any]] | None:
     """A messages attribute (JSON text or structured) → list of Message dicts.
 
     None when the value cannot be read as messages (e.g. JSON truncated by an attribute length
-    limit): the caller then keeps the value in `raw_attributes`."""
+    limit): the caller then keeps the value in `raw_attributes`. With `left`, what the mapping
+    did not read is added to it as `"<position>.<key>"` (a message's other fields) or
+    `"<position>"` (an item that is no message at all)."""
     value = loads_maybe(value)
     if isinstance(value, dict):
         value = [value]
     if not isinstance(value, list):
         return None
     out = []
-    for item in value:
-        msg = to_message(item, default_role)
+    if left is None:
+        for item in value:
+            msg = to_message(item, default_role)
+            if msg is not None:
+                out.append(msg)
+        return out
+    for i, item in enumerate(value):
+        prefix = f"{i}."
+        msg = to_message(item, default_role, left, prefix)
         if msg is not None:
             out.append(msg)
+            if left and type(left.get(prefix + "index")) is int and left[prefix + "index"] == i:
+                del left[prefix + "index"]  # a choice's index that its position says already
+        elif item is not None:
+            left[str(i)] = item
     return out
 
 
@@ -304,7 +413,7 @@ def _legacy_message(flat: dict[str, Any], default_role: str, left: dict[str, Any
         if key == "content":
             parsed = loads_maybe(value) if isinstance(value, str) and value[:1] == "[" else value
             if isinstance(parsed, list) and parsed and all(isinstance(b, dict) and "type" in b for b in parsed):
-                inner = _from_openai({"content": parsed}, msg["role"])
+                inner = _from_openai({"content": parsed}, msg["role"], None, "")
                 if "content" in inner:
                     msg["content"] = inner["content"]
                 if "parts" in inner:
@@ -384,8 +493,12 @@ def _oi_message(flat: dict[str, Any], default_role: str, left: dict[str, Any], i
                     structured = True  # more than the text: keep the part as sent
             else:
                 structured = True
-        if texts and "content" not in msg:
-            msg["content"] = "\n".join(texts)
+        if texts:
+            joined = "\n".join(texts)
+            if "content" not in msg:
+                msg["content"] = joined
+            elif msg["content"] != joined:
+                structured = True  # `message.content` wins; the contents stay as parts
         if structured:
             msg["parts"] = parts
     if calls:
@@ -406,25 +519,43 @@ def _oi_message(flat: dict[str, Any], default_role: str, left: dict[str, Any], i
 
 def text_of_parts(value: Any) -> str | None:
     """`gen_ai.system_instructions` (parts list, JSON text or plain text) → text."""
+    return instructions_text(value)[0]
+
+
+_MESSAGE_KEYS = frozenset(("role", "parts"))
+
+
+def instructions_text(value: Any) -> tuple[str | None, bool]:
+    """`gen_ai.system_instructions` → (its text, whether the text is all it held). False when
+    a part is not plain text (an image, a cache marker, a whole message with other fields):
+    the caller then keeps the value as sent too."""
     value = loads_maybe(value)
     if isinstance(value, str):
-        return value
+        return value, True
     if isinstance(value, dict):
         value = [value]
     if not isinstance(value, list):
-        return to_text(value)
+        return to_text(value), False
     texts = []
+    plain = True
     for part in value:
         if isinstance(part, str):
             texts.append(part)
-        elif isinstance(part, dict):
+            continue
+        if isinstance(part, dict):
             if "parts" in part:  # a whole message
-                t = text_of_parts(part["parts"])
+                t, inner_plain = instructions_text(part["parts"])
+                plain = plain and inner_plain and _MESSAGE_KEYS.issuperset(part)
             else:
                 t = _block_text(part)
+                plain = plain and t is not None and _plain_block(part)
             if t:
                 texts.append(t)
-    return "\n".join(texts) if texts else None
+        elif part is not None:
+            plain = False
+    if not texts:
+        return None, False
+    return "\n".join(texts), plain
 
 
 def system_text(messages: list[dict[str, Any]]) -> str | None:

@@ -45,6 +45,26 @@ same. Message values that cannot be read (e.g. JSON truncated by an attribute le
 stay there as sent. The attributes of a per-message event or of an inference-details event,
 other than the message itself, count as attributes of its span (the span's own win).
 
+The losers, named: a request parameter or finish-reason attribute beside another of the same
+name that says something else stays under its own key (an `llm.invocation_parameters` entry
+as `llm.invocation_parameters.<name>`); an event attribute whose span holds the key with
+another value stays in the event's `event.<name>` entry, as do a per-message event's message
+fields the mapping does not read; a message's fields other than those of `Message` (`id`,
+`refusal`, `logprobs`, a choice's `index` when it is not its position …) stay as
+`<attribute>.<position>.<field>` (e.g. `gen_ai.input.messages.0.refusal`); tool calls keep
+every key (`type` …); `gen_ai.system_instructions` with parts other than plain text stays as
+sent beside the text; retrieved documents on a span of another kind go to `documents` (where
+ACL filtering applies) like a retrieval's.
+
+**What the stores cannot hold** (see `limits`): a span with a start or end time after
+2262-04-11T23:47:16.854775807Z (the end of OpenSearch `date_nanos`; OTLP times cannot be
+before 1970), or with an evaluation event after it, is refused with its evaluations, and so
+are GenAI log records of such a time: `normalise_*` raises `SpansRefused` (an
+`InvalidInput`) naming each, with the records of everything else in the request, which the
+collector stores while it dead-letters the message with the reason. A string in a free-form
+object too long for OpenSearch to index is truncated with the SHA-256 and length of the
+whole kept; documents beyond 10,000 are counted and hashed.
+
 **Never a raw user id.** `enduser.id`, `user.id`, `enduser.pseudo.id`, `user.email`,
 `user.name`, `gen_ai.user`, `llm.user`, Traceloop `traceloop.association.properties.user_id`
 (and `userId`, `user`), and the OpenAI `user` / `safety_identifier` request parameter (in
@@ -67,8 +87,11 @@ EVALUATOR / GUARDRAIL; each `gen_ai.evaluation.result` span event or log record 
 more record), `feedback` (`aitrail.feedback.*`).
 
 **Ids** — `record_id_for(tenant, trace_id, span_id, kind, origin)` with lowercase hex ids.
-Two exceptions keep ids unique: an evaluation event's record uses the kind seed
-`evaluation:<gen_ai.evaluation.name>` (plus `:<n>` for repeats); a log-derived record built
+Three exceptions keep ids unique: an evaluation span event's record uses the kind seed
+`evaluation:<gen_ai.evaluation.name>` (plus `:<n>` for repeats); an evaluation log record's,
+`evaluation:<name>@<its time>` (`@#<digest of its attributes>` without a time; plus `:<n>`
+for repeats of name and time in one request), so results about one span sent in separate
+requests stay apart and a request delivered twice gives the same ids; a log-derived record built
 only from the older per-message events (which a batch boundary may split between two
 export requests) or without a span id uses the kind seed `<kind>@<time of its first event>`.
 
@@ -89,6 +112,8 @@ from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Any
 
+import orjson
+
 from aitrail.schemas.record import AuditRecord, record_id_for
 from aitrail.schemas.timefmt import ns_to_iso
 
@@ -97,6 +122,7 @@ from aitrail import __version__
 from .genai_content import (
     assistant_text,
     documents_from_indexed,
+    instructions_text,
     last_user_text,
     loads_maybe,
     messages_from_indexed,
@@ -111,9 +137,10 @@ from .genai_content import (
     to_str_list,
     to_text,
 )
+from .limits import MAX_TIME_NS, SpansRefused, TimeOutOfRange, fit_record
 from .otlp_values import any_value_to_py, attributes_to_dict, id_hex
 
-__all__ = ["Pricer", "default_pseudonymise", "normalise_logs", "normalise_traces"]
+__all__ = ["MAX_TIME_NS", "Pricer", "SpansRefused", "default_pseudonymise", "normalise_logs", "normalise_traces"]
 
 log = logging.getLogger(__name__)
 
@@ -376,7 +403,8 @@ def _classify(key: str) -> tuple[Any, ...]:
 
 
 class _Ctx:
-    __slots__ = ("tenant", "ingested_at", "pricer", "pseudonymise", "pseudonyms", "collector_version")
+    __slots__ = ("tenant", "ingested_at", "pricer", "pseudonymise", "pseudonyms", "collector_version", "evaluations",
+                 "refused")
 
     def __init__(self, tenant: str, ingested_at: str, pricer: Pricer | None,
                  pseudonymise: Callable[[str], str], collector_version: str) -> None:
@@ -386,6 +414,21 @@ class _Ctx:
         self.pseudonymise = pseudonymise
         self.pseudonyms: dict[str, str] | None = None
         self.collector_version = collector_version
+        # log-record evaluations seen in this call: (trace, span, name, time) -> count
+        self.evaluations: dict[tuple[Any, ...], int] | None = None
+        self.refused: list[str] | None = None  # why each refused span was refused
+
+    def refuse(self, out: list[AuditRecord], keep: int, why: TimeOutOfRange) -> None:
+        """Drop what one span (or log group) produced past `out[:keep]`, noting why."""
+        del out[keep:]
+        if self.refused is None:
+            self.refused = []
+        self.refused.append(str(why))
+
+    def done(self, out: list[AuditRecord]) -> list[AuditRecord]:
+        if self.refused:
+            raise SpansRefused(self.refused, out)
+        return out
 
     def pseudonym(self, raw: str) -> str:
         cache = self.pseudonyms
@@ -513,8 +556,12 @@ def normalise_traces(
                     res = _resource(resource_spans.resource)
                 if scope is None:
                     scope = (scope_spans.scope.name, scope_spans.scope.version)
-                _span_records(span, scope, res, ctx, out)
-    return out
+                keep = len(out)
+                try:
+                    _span_records(span, scope, res, ctx, out)
+                except TimeOutOfRange as why:  # the span and its evaluations: all or none
+                    ctx.refuse(out, keep, why)
+    return ctx.done(out)
 
 
 def normalise_logs(
@@ -556,10 +603,14 @@ def normalise_logs(
         for src, attrs in groups.values():
             if src.legacy_events and not src.details and src.id_seed is None:
                 src.id_seed = f"@{src.start_ns}"
-            record = _build_record(src, attrs, res, ctx)  # type: ignore[arg-type]
+            try:
+                record = _build_record(src, attrs, res, ctx)  # type: ignore[arg-type]
+            except TimeOutOfRange as why:
+                ctx.refuse(out, len(out), why)
+                continue
             if record is not None:
                 out.append(record)
-    return out
+    return ctx.done(out)
 
 
 # --- traces -----------------------------------------------------------------------------
@@ -628,22 +679,29 @@ def _apply_event(
     src: _Source, attrs: dict[str, Any], name: str, time_ns: int, ev_attrs: dict[str, Any], body: Any
 ) -> None:
     """Fold one span event (or GenAI log record) into the source: content into messages,
-    details into the attributes (attributes already there win), the rest kept raw."""
+    details into the attributes (attributes already there win), the rest kept raw. What loses
+    (an attribute the span holds with another value, a message field the mapping does not
+    read) is kept as an `event.<name>` entry."""
     if name == _DETAILS:
         src.details = True
-        for k, v in ev_attrs.items():
-            attrs.setdefault(k, v)
+        lost: dict[str, Any] = {}
+        _fold_attributes(attrs, ev_attrs, lost, None)
         if body not in (None, {}, ""):
-            src.add_raw_event(name, time_ns, {"body": body})
+            lost["body"] = body
+        if lost:
+            src.add_raw_event(name, time_ns, lost)
         return
     role = _INPUT_EVENTS.get(name)
     if role is not None or name == _CHOICE_EVENT:
         src.legacy_events = True
-        content = _event_payload(ev_attrs, body)
-        msg = to_message(content, role or "assistant")
+        lost = {}
+        left: dict[str, Any] = {}
+        content, where = _event_payload(ev_attrs, body)
+        msg = to_message(content, role or "assistant", left)
         if msg is not None:
             if role == "tool" and "tool_call_id" not in msg and isinstance(content, dict) and content.get("id"):
                 msg["tool_call_id"] = str(content["id"])
+                left.pop("id", None)
             if role is not None:
                 if src.in_events is None:
                     src.in_events = []
@@ -651,22 +709,43 @@ def _apply_event(
             else:
                 if src.out_events is None:
                     src.out_events = []
+                if left.get("index") == len(src.out_events):  # its position says as much
+                    del left["index"]
                 src.out_events.append(msg)
-        for k, v in ev_attrs.items():
-            if k not in _MESSAGE_EVENT_KEYS:
-                attrs.setdefault(k, v)
+        elif content not in (None, {}, ""):
+            left = {"": content}
+        if left:
+            if where is None:
+                lost.update(left)
+            else:
+                lost[where] = left.get("", left)
+        if where is not None:  # message keys beside a body or a content attribute are not read
+            for k, v in ev_attrs.items():
+                if k in _MESSAGE_EVENT_KEYS and k != where and v is not None:
+                    lost[k] = v
+        _fold_attributes(attrs, ev_attrs, lost, _MESSAGE_EVENT_KEYS)
+        if lost:
+            src.add_raw_event(name, time_ns, lost)
         return
     if name in _LEGACY_CONTENT_EVENTS:
         src.legacy_events = True
-        for k, v in ev_attrs.items():
-            attrs.setdefault(k, v)
+        lost = {}
+        _fold_attributes(attrs, ev_attrs, lost, None)
+        if body not in (None, {}, ""):
+            lost["body"] = body
+        if lost:
+            src.add_raw_event(name, time_ns, lost)
         return
     prefix = _DB_RESULT_EVENTS.get(name)
     if prefix is not None:
         n = len(prefix)
         if src.db_docs is None:
             src.db_docs = []
-        src.db_docs.append({(k[n:] if k.startswith(prefix) else k): v for k, v in ev_attrs.items()})
+        doc = {k: v for k, v in ev_attrs.items() if not k.startswith(prefix)}
+        for k, v in ev_attrs.items():
+            if k.startswith(prefix):
+                doc[k if k[n:] in doc else k[n:]] = v  # `id` beside `db.query.result.id`: both kept
+        src.db_docs.append(doc)
         return
     if (name == "exception" or name == _EXCEPTION_EVENT) and src.exception is None:
         src.exception = ev_attrs
@@ -675,16 +754,31 @@ def _apply_event(
     src.add_raw_event(name, time_ns, ev_attrs)
 
 
-def _event_payload(ev_attrs: dict[str, Any], body: Any) -> Any:
-    """The message carried by a per-message event: the log body, a `gen_ai.event.content`
-    JSON attribute, or the event attributes themselves."""
+def _fold_attributes(
+    attrs: dict[str, Any], ev_attrs: dict[str, Any], lost: dict[str, Any], skip: frozenset[str] | None
+) -> None:
+    """An event's attributes count as its span's; where the span already holds the key with
+    another value, the span's wins and the event's goes to `lost`."""
+    for k, v in ev_attrs.items():
+        if v is None or (skip is not None and k in skip):
+            continue
+        current = attrs.get(k)
+        if current is None:
+            attrs[k] = v
+        elif current != v:
+            lost[k] = v
+
+
+def _event_payload(ev_attrs: dict[str, Any], body: Any) -> tuple[Any, str | None]:
+    """The message carried by a per-message event, and where it was: the log body (`"body"`),
+    a `gen_ai.event.content` JSON attribute, or the event attributes themselves (None)."""
     if body not in (None, {}, ""):
-        return body
+        return body, "body"
     content = ev_attrs.get("gen_ai.event.content")
     if content is not None:
         parsed = loads_maybe(content)
-        return parsed if isinstance(parsed, dict) else {"content": content}
-    return {k: v for k, v in ev_attrs.items() if k in _MESSAGE_EVENT_KEYS}
+        return (parsed if isinstance(parsed, dict) else {"content": content}), "gen_ai.event.content"
+    return {k: v for k, v in ev_attrs.items() if k in _MESSAGE_EVENT_KEYS}, None
 
 
 # --- logs -------------------------------------------------------------------------------
@@ -704,7 +798,12 @@ def _add_log_record(
         src = _log_source(trace_id, span_id, time_ns, scope)
         if body not in (None, {}, ""):
             ev_attrs.setdefault("body", body)
-        out.extend(_evaluation_records(src, [(time_ns, ev_attrs)], res, ctx))
+        if ctx.evaluations is None:
+            ctx.evaluations = {}
+        try:
+            out.extend(_evaluation_records(src, [(time_ns, ev_attrs)], res, ctx, ctx.evaluations))
+        except TimeOutOfRange as why:
+            ctx.refuse(out, len(out), why)
         return
     key = (trace_id, span_id, 0 if span_id else time_ns)  # events without a span stay apart
     entry = groups.get(key)
@@ -733,6 +832,8 @@ def _log_source(trace_id: str | None, span_id: str | None, time_ns: int, scope: 
 
 
 def _build_record(src: _Source, attrs: dict[str, Any], res: _Resource, ctx: _Ctx) -> AuditRecord | None:
+    if src.start_ns > MAX_TIME_NS or src.end_ns > MAX_TIME_NS:
+        _refuse_time(src)
     best: dict[str, tuple[int, Any]] = {}
     params: dict[str, Any] = {}
     special: dict[str, Any] = {}
@@ -774,8 +875,11 @@ def _build_record(src: _Source, attrs: dict[str, Any], res: _Resource, ctx: _Ctx
         elif code == _SPEC:
             special[key] = value
         elif code == _PARAM:
-            if c[1] not in params:
+            current = params.get(c[1], _ABSENT)
+            if current is _ABSENT:
                 params[c[1]] = value
+            elif current != value:  # e.g. gen_ai.request.seed beside gen_ai.openai.request.seed
+                raw[key] = value
         elif code == _USER:
             if users is None:
                 users = []
@@ -829,7 +933,11 @@ def _build_record(src: _Source, attrs: dict[str, Any], res: _Resource, ctx: _Ctx
     if out_msgs:
         rec["output_messages"] = out_msgs
     si = special.get("gen_ai.system_instructions") if special else None
-    system = text_of_parts(si) if si is not None else None
+    system = None
+    if si is not None:
+        system, plain = instructions_text(si)
+        if not plain:  # images, cache markers …: the parts as sent are kept too
+            raw["gen_ai.system_instructions"] = si
     if system is None and in_msgs:
         system = system_text(in_msgs)
     if system is not None:
@@ -837,6 +945,8 @@ def _build_record(src: _Source, attrs: dict[str, Any], res: _Resource, ctx: _Ctx
     if kind == RETRIEVAL:
         _retrieval_fields(rec, special, indexed, src, raw, in_msgs)
     else:
+        if _has_documents(special, indexed, src):
+            _documents(rec, special, indexed, src, raw)
         if in_msgs:
             q = last_user_text(in_msgs)
             if q is not None:
@@ -845,7 +955,7 @@ def _build_record(src: _Source, attrs: dict[str, Any], res: _Resource, ctx: _Ctx
             a = assistant_text(out_msgs)
             if a is not None:
                 rec["answer"] = a
-    finish = _finish_reasons(special, out_msgs) if special or out_msgs else None
+    finish = _finish_reasons(special, out_msgs, raw) if special or out_msgs else None
     if finish:
         rec["finish_reasons"] = finish
     if special:
@@ -913,7 +1023,23 @@ def _build_record(src: _Source, attrs: dict[str, Any], res: _Resource, ctx: _Ctx
 
     if kind == COMPLETION and ctx.pricer is not None and src.origin == "span":
         rec["cost"] = _cost(ctx.pricer, rec, start_ns)
+    fit_record(rec)
     return _validate_record(rec)
+
+
+def _refuse_time(src: _Source) -> None:
+    """Raise `TimeOutOfRange` naming the span (or log records) and the time no store holds."""
+    ids = f"{src.trace_id or '-'}/{src.span_id or '-'}"
+    if src.kind == EVALUATION:
+        what = f"gen_ai.evaluation.result {'event' if src.origin == 'span' else 'log record'} of span {ids}"
+    elif src.origin == "span":
+        what = f"span {ids}" + (f" {src.name!r}" if src.name else "")
+    else:
+        what = f"GenAI log records of span {ids}"
+    start = src.origin == "span" and src.kind != EVALUATION
+    if src.start_ns > MAX_TIME_NS:
+        raise TimeOutOfRange(what, "start time" if start else "time", src.start_ns)
+    raise TimeOutOfRange(what, "end time", src.end_ns)
 
 
 # `AuditRecord.model_validate` minus its keyword plumbing (it runs once per record).
@@ -943,9 +1069,15 @@ def _invocation_parameters(
         elif rec["request_model"] != model:
             parsed["model"] = model
     for k, v in parsed.items():
-        if k not in params:
+        current = params.get(k, _ABSENT)
+        if current is _ABSENT:
             params[k] = v
+        elif current != v:  # the attribute of that name wins; this one stays under its path
+            raw["llm.invocation_parameters." + k] = v
     return users
+
+
+_ABSENT = object()
 
 
 _MARKERS_KEPT = frozenset(("gen_ai.operation.name", "openinference.span.kind", "traceloop.span.kind",
@@ -1094,14 +1226,10 @@ def _messages(
     if special:
         value = special.get("gen_ai.input.messages")
         if value is not None:
-            in_msgs = parse_messages(value, "user")
-            if in_msgs is None:
-                raw["gen_ai.input.messages"] = value
+            in_msgs = _parse_kept(value, "user", "gen_ai.input.messages", raw)
         value = special.get("gen_ai.output.messages")
         if value is not None:
-            out_msgs = parse_messages(value, "assistant")
-            if out_msgs is None:
-                raw["gen_ai.output.messages"] = value
+            out_msgs = _parse_kept(value, "assistant", "gen_ai.output.messages", raw)
 
     if indexed:
         for route, prefix, is_input, oi in _INDEXED_MESSAGES:
@@ -1124,7 +1252,7 @@ def _messages(
             value = special.get(key)
             if value is None:
                 continue
-            parsed = parse_messages(value, "user" if is_input else "assistant") if (
+            parsed = _parse_kept(value, "user" if is_input else "assistant", key, raw) if (
                 in_msgs if is_input else out_msgs) is None else None
             if parsed is None:
                 raw[key] = value
@@ -1154,6 +1282,19 @@ def _messages(
         if out_msgs is None:
             out_msgs = _messages_from_value(special.get("output.value"), special.get("output.mime_type"), False, rec)
     return in_msgs or [], out_msgs or []
+
+
+def _parse_kept(value: Any, role: str, key: str, raw: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """`parse_messages`, keeping what it does not map: the whole value when it is no list of
+    messages, else each message's unread fields as `<key>.<position>.<field>`."""
+    left: dict[str, Any] = {}
+    msgs = parse_messages(value, role, left)
+    if msgs is None:
+        raw[key] = value
+    elif left:
+        for sub, v in left.items():
+            raw[f"{key}.{sub}"] = v
+    return msgs
 
 
 def _openinference_text(
@@ -1256,8 +1397,37 @@ def _retrieval_fields(
     rec: dict[str, Any], special: dict[str, Any], indexed: dict[str, dict[int, dict[str, Any]]], src: _Source,
     raw: dict[str, Any], in_msgs: list[dict[str, Any]],
 ) -> None:
+    _documents(rec, special, indexed, src, raw)
+    if "query_text" not in rec:
+        q = last_user_text(in_msgs) if in_msgs else None
+        value = special.get("input.value")
+        if q is None and isinstance(value, str) and special.get("input.mime_type") != "application/json":
+            q = value
+        if q is not None:
+            rec["query_text"] = q
+    if "query_text" in rec:
+        rec["question"] = rec["query_text"]
+
+
+_DOCUMENT_KEYS = ("aitrail.retrieval.documents", "gen_ai.retrieval.documents")
+_DOCUMENT_ROUTES = (("oi_rerank", "reranker.output_documents."), ("oi_docs", "retrieval.documents."))
+
+
+def _has_documents(special: dict[str, Any], indexed: dict[str, Any], src: _Source) -> bool:
+    return bool(
+        src.db_docs or (indexed and ("oi_docs" in indexed or "oi_rerank" in indexed))
+        or (special and ("aitrail.retrieval.documents" in special or "gen_ai.retrieval.documents" in special))
+    )
+
+
+def _documents(
+    rec: dict[str, Any], special: dict[str, Any], indexed: dict[str, dict[int, dict[str, Any]]], src: _Source,
+    raw: dict[str, Any],
+) -> None:
+    """Retrieved documents, on whatever kind of span sent them (a chain or agent span may
+    carry its retriever's results): in `documents`, where ACL filtering applies."""
     docs: list[dict[str, Any]] | None = None
-    for key in ("aitrail.retrieval.documents", "gen_ai.retrieval.documents"):
+    for key in _DOCUMENT_KEYS:
         value = special.get(key)
         if value is None:
             continue
@@ -1266,7 +1436,7 @@ def _retrieval_fields(
             raw[key] = value
         else:
             docs = parsed
-    for route, prefix in (("oi_rerank", "reranker.output_documents."), ("oi_docs", "retrieval.documents.")):
+    for route, prefix in _DOCUMENT_ROUTES:
         group = indexed.get(route)
         if not group:
             continue
@@ -1281,23 +1451,27 @@ def _retrieval_fields(
             raw["event.db.query.result"] = src.db_docs
     if docs:
         rec["documents"] = docs
-    if "query_text" not in rec:
-        q = last_user_text(in_msgs) if in_msgs else None
-        value = special.get("input.value")
-        if q is None and isinstance(value, str) and special.get("input.mime_type") != "application/json":
-            q = value
-        if q is not None:
-            rec["query_text"] = q
-    if "query_text" in rec:
-        rec["question"] = rec["query_text"]
 
 
-def _finish_reasons(special: dict[str, Any], out_msgs: list[dict[str, Any]]) -> list[str]:
-    for key in ("gen_ai.response.finish_reasons", "llm.finish_reason", "llm.response.finish_reason",
-                "gen_ai.response.finish_reason"):
-        value = special.get(key)
-        if value is not None:
-            return to_str_list(value) if isinstance(value, list) else [to_text(value) or ""]
+_FINISH_KEYS = ("gen_ai.response.finish_reasons", "llm.finish_reason", "llm.response.finish_reason",
+                "gen_ai.response.finish_reason")
+
+
+def _finish_reasons(special: dict[str, Any], out_msgs: list[dict[str, Any]], raw: dict[str, Any]) -> list[str]:
+    """The first finish-reason attribute present; another that says something else stays raw."""
+    reasons = None
+    if special:
+        for key in _FINISH_KEYS:
+            value = special.get(key)
+            if value is None:
+                continue
+            these = to_str_list(value) if isinstance(value, list) else [to_text(value) or ""]
+            if reasons is None:
+                reasons = these
+            elif these != reasons:
+                raw[key] = value
+    if reasons is not None:
+        return reasons
     return [m["finish_reason"] for m in out_msgs if m.get("finish_reason")]
 
 
@@ -1405,8 +1579,14 @@ _COST_FIELDS = ("amount", "currency", "price_table_version", "priced_by", "reaso
 
 
 def _evaluation_records(
-    parent: _Source, events: Iterable[tuple[int, dict[str, Any]]], res: _Resource, ctx: _Ctx
+    parent: _Source, events: Iterable[tuple[int, dict[str, Any]]], res: _Resource, ctx: _Ctx,
+    log_seen: dict[tuple[Any, ...], int] | None = None,
 ) -> list[AuditRecord]:
+    """One record per evaluation result. Ids: `evaluation:<name>` (`:<n>` for the n-th repeat of
+    a name on the span) for span events, which always arrive together with their span; log
+    records about one span arrive in any number of requests, so theirs add the record's time,
+    `evaluation:<name>@<time>` (`@#<digest of its attributes>` when it has none), and `:<n>`
+    for a repeat of name and time in one request."""
     records = []
     seen: dict[str, int] = {}
     for time_ns, ev_attrs in events:
@@ -1419,9 +1599,18 @@ def _evaluation_records(
         src.scope_version = parent.scope_version
         src.kind = EVALUATION
         name = to_text(ev_attrs.get("gen_ai.evaluation.name")) or ""
-        n = seen.get(name, 0)
-        seen[name] = n + 1
-        src.id_seed = f":{name}" + (f":{n}" if n else "")
+        if log_seen is None:
+            n = seen.get(name, 0)
+            seen[name] = n + 1
+            src.id_seed = f":{name}" + (f":{n}" if n else "")
+        else:
+            # A record with neither time nor observed time is told apart by what it says.
+            at = time_ns or "#" + hashlib.sha256(orjson.dumps(ev_attrs, default=repr,
+                                                              option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+            key = (parent.trace_id, parent.span_id, name, at)
+            n = log_seen.get(key, 0)
+            log_seen[key] = n + 1
+            src.id_seed = f":{name}@{at}" + (f":{n}" if n else "")
         record = _build_record(src, ev_attrs, res, ctx)
         if record is not None:
             records.append(record)

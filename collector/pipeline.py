@@ -2,7 +2,9 @@
 
 The same code runs behind the in-process bus (`aitrail serve`) and behind Kafka
 (`aitrail collector`). Messages that can never be ingested go to the dead-letter sink with
-their reason; a store that is unavailable makes the whole batch fail retriably (no commit).
+their reason (a message with spans the normaliser refuses is dead-lettered with the reason
+naming them, and its other spans are stored); a store that is unavailable makes the whole
+batch fail retriably (no commit).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from aitrail.otlp import decode_logs, decode_traces
 from aitrail.store.base import RecordWriter, WriteResult
 from aitrail.tenancy import check_tenant
 
-from .normalise import normalise_logs, normalise_traces
+from .normalise import SpansRefused, normalise_logs, normalise_traces
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,9 @@ class Pipeline:
             ingested_at = now if message.timestamp_ms is None else ns_to_iso(message.timestamp_ms * 1_000_000)
             try:
                 records = self._normalise_one(message, tenant, ingested_at)
+            except SpansRefused as exc:  # the spans no store can hold: the message is dead-lettered for them
+                result.dead.append((message, exc.message))
+                records = exc.records  # and every other span of it is stored
             except AitrailError as exc:
                 result.dead.append((message, exc.message))
                 continue
@@ -188,10 +193,7 @@ async def run_collector(
                     if on_dead_letter is not None:
                         on_dead_letter(reason)
                 if await _write_with_retries(store, result, batch, on_written, on_retry, max_backoff_s, give_up_after_s):
-                    if batch.stale:  # a rebalance while it was written: the records written stay
-                        await batch.discard()  # (redelivery finds them), the offsets are not committed
-                    else:
-                        await batch.ack()
+                    await batch.ack()
             except (asyncio.CancelledError, Fatal):
                 raise
             except Exception as exc:

@@ -6,7 +6,7 @@ from typing import Any
 
 from aitrail.integrity import leaf
 from aitrail.schemas.canonical import record_to_dict
-from aitrail.schemas.record import AuditRecord, Origin
+from aitrail.schemas.record import AuditRecord, Kind, Origin
 from aitrail.store.base import Role
 
 # What an analyst may not read: the words people and models exchanged, which is exactly what a
@@ -17,46 +17,80 @@ DOCUMENT_CONTENT = "snippet"  # each retrieved document's text is content too
 
 def merge_fragments(records: list[AuditRecord]) -> list[dict[str, Any]]:
     """One view per (span, kind): a span record with the content its instrumentation sent as
-    a log event folded in. The span's own values win; `fragments` lists every record id."""
-    merged: dict[tuple, dict[str, Any]] = {}
-    order: list[tuple] = []
+    log events folded in. The span's own values win; `fragments` lists every record id.
+    Evaluations are never merged (each result of a span is a view of its own), nor are two
+    span records claiming one span and kind: every record of the trace is in exactly one view."""
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    views: list[dict[str, Any]] = []
     for record in sorted(records, key=lambda r: r.origin != Origin.SPAN):
-        key = (record.span_id, record.kind) if record.span_id else (record.record_id,)
         data = record_to_dict(record)
-        if key not in merged:
-            data["fragments"] = [record.record_id]
-            merged[key] = data
-            order.append(key)
+        data["fragments"] = [record.record_id]
+        key = (record.span_id, record.kind) if record.span_id and record.kind != Kind.EVALUATION else None
+        target = merged.get(key) if key is not None else None
+        if target is None or record.origin == Origin.SPAN:
+            views.append(data)
+            if key is not None and target is None:
+                merged[key] = data
             continue
-        target = merged[key]
         target["fragments"].append(record.record_id)
         for field, value in data.items():
             if target.get(field) in (None, [], {}) and value not in (None, [], {}):
                 target[field] = value
-    return causal_order([merged[k] for k in order])
+    return causal_order(views)
+
+
+def _by_time(view: dict[str, Any]) -> tuple[str, str]:
+    return view.get("start_time") or "", view.get("record_id") or ""
+
+
+def _span_first(view: dict[str, Any]) -> tuple[bool, str, str]:
+    return (view.get("origin") != Origin.SPAN or view.get("kind") == Kind.EVALUATION, *_by_time(view))
 
 
 def causal_order(views: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Parents before children, siblings by start time (depth-first, like a timeline)."""
-    by_span = {v.get("span_id"): v for v in views if v.get("span_id")}
-    children: dict[str | None, list[dict[str, Any]]] = {}
+    """Parents before children, siblings by start time (depth-first, like a timeline). Views
+    of one span (its record, then the evaluations of it) stay together. Every view is shown
+    once: where parents form a cycle (A parent of B, B parent of A) nothing in it is a root, so
+    its earliest view starts it and the others follow as its descendants."""
+    groups: dict[Any, list[dict[str, Any]]] = {}
     for view in views:
-        parent = view.get("parent_span_id")
-        if parent not in by_span or parent == view.get("span_id"):
-            parent = None
-        children.setdefault(parent, []).append(view)
+        span_id = view.get("span_id")
+        groups.setdefault(span_id if span_id else id(view), []).append(view)
+    for members in groups.values():
+        members.sort(key=_span_first)
+    roots: list[Any] = []
+    children: dict[Any, list[Any]] = {}
+    for key, members in groups.items():
+        parent = next((m["parent_span_id"] for m in members if m.get("parent_span_id")), None)
+        if parent is None or parent == key or parent not in groups:
+            roots.append(key)
+        else:
+            children.setdefault(parent, []).append(key)
+
+    def first(key: Any) -> tuple[str, str]:
+        return _by_time(groups[key][0])
+
+    roots.sort(key=first)
     for siblings in children.values():
-        siblings.sort(key=lambda v: (v.get("start_time") or "", v.get("record_id")))
+        siblings.sort(key=first)
     out: list[dict[str, Any]] = []
-    stack = list(reversed(children.get(None, [])))
-    seen: set[int] = set()
-    while stack:
-        view = stack.pop()
-        if id(view) in seen:
-            continue
-        seen.add(id(view))
-        out.append(view)
-        stack.extend(reversed(children.get(view.get("span_id"), [])) if view.get("span_id") else ())
+    seen: set[Any] = set()
+
+    def visit(root: Any) -> None:
+        stack = [root]
+        while stack:
+            key = stack.pop()
+            if key in seen:
+                continue
+            seen.add(key)
+            out.extend(groups[key])
+            stack.extend(reversed(children.get(key, ())))
+
+    for root in roots:
+        visit(root)
+    if len(seen) < len(groups):  # cycles: start each at its earliest view
+        for key in sorted((k for k in groups if k not in seen), key=first):
+            visit(key)
     return out
 
 
@@ -83,3 +117,4 @@ def only_visible(view: dict[str, Any], tags: tuple[str, ...]) -> dict[str, Any]:
     documents = view.get("documents") or []
     shown = [d for d in documents if admits(d.get("acl_tags") or [], tags)]
     return {**view, "documents": shown, "documents_hidden": len(documents) - len(shown)}
+

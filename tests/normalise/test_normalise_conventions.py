@@ -127,7 +127,8 @@ def test_per_message_span_events_with_structured_attributes():
         ],
     ))
     assert [m.role for m in record.input_messages] == ["user", "assistant", "tool"]
-    assert record.input_messages[1].tool_calls == [{"id": "call_1", "name": "kb_search", "arguments": "{}"}]
+    assert record.input_messages[1].tool_calls == [{"id": "call_1", "type": "function", "name": "kb_search",
+                                                     "arguments": "{}"}]
     assert record.input_messages[2].tool_call_id == "call_1"
     assert record.question == Q and record.answer == A
 
