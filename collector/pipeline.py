@@ -193,7 +193,10 @@ async def run_collector(
                     if on_dead_letter is not None:
                         on_dead_letter(reason)
                 if await _write_with_retries(store, result, batch, on_written, on_retry, max_backoff_s, give_up_after_s):
-                    await batch.ack()
+                    if batch.stale:  # a rebalance while it was written: the records written stay
+                        await batch.discard()  # (redelivery finds them), the offsets are not committed
+                    else:
+                        await batch.ack()
             except (asyncio.CancelledError, Fatal):
                 raise
             except Exception as exc:
