@@ -331,7 +331,10 @@ def create_app(
     ) -> CheckpointsOut:
         """Newest signed checkpoint (C2SP signed note) of each of the caller's tenant's logs: size,
         root hash, signature. Another tenant's log answers 404 exactly as a missing one; logs
-        written before logs were per tenant belong to no tenant and are shown to nobody."""
+        written before logs were per tenant belong to no tenant and are shown to nobody. A stored
+        checkpoint is served only when its note opens with a trusted key, its origin is that key's
+        name + `/` + the log id, and its size and root are the note's; otherwise the log is left
+        out of `data` and named, with the reason, in `problems` (still 200)."""
         result = await run_in_threadpool(queries.latest_checkpoints, principal, log)
         returned(request, [cp.log_id for cp in result.data])
         return result

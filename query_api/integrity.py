@@ -10,7 +10,7 @@ from typing import Any
 from aitrail.errors import NotFound, Unavailable
 from aitrail.integrity import merkle
 from aitrail.integrity.coverage import ErasureCoverage, ErasureStatus, covering_records
-from aitrail.integrity.note import Verifier
+from aitrail.integrity.note import Checkpoint, NoteError, Verifier, open_note
 from aitrail.integrity.sequencer import SignedCheckpoint
 from aitrail.integrity.verify import RecordStatus, verify_record
 from aitrail.integrity.views import answer_differences
@@ -43,6 +43,28 @@ class Proofs:
             )
         return Proof(record, checkpoint, self.path(record.log_id, record.leaf_index, checkpoint.size))
 
+    def checkpoint_problem(self, checkpoint: SignedCheckpoint) -> str | None:
+        """Why a stored checkpoint row may not be shown as its log's checkpoint, or None. Only
+        the note is authenticated: it must open with a trusted key, its origin must be that
+        key's name + `/` + the row's log id, and the row's size and root must be the note's.
+        The reason never quotes the note's own origin (it may name another tenant's log)."""
+        if not self.verifier:
+            return ("no public key is configured to open its signed note "
+                    "(integrity.signing_key_file, integrity.trusted_keys)")
+        verifiers = [self.verifier] if isinstance(self.verifier, Verifier) else list(self.verifier)
+        try:
+            opened = open_note(checkpoint.note, verifiers)
+            body = Checkpoint.from_text(opened.text)
+        except NoteError as exc:
+            return f"its signed note does not open: {exc}"
+        origins = sorted({f"{s.name}/{checkpoint.log_id}" for s in opened.signatures})
+        if body.origin not in origins:
+            return f"its signed note is not this log's (its origin is not {' or '.join(map(repr, origins))})"
+        if (body.size, body.root_hash) != (checkpoint.size, bytes(checkpoint.root_hash)):
+            return (f"the stored row says size {checkpoint.size}, root {bytes(checkpoint.root_hash).hex()}; "
+                    f"its signed note says size {body.size}, root {body.root_hash.hex()}")
+        return None
+
     def path(self, log_id: str, leaf_index: int, tree_size: int) -> list[bytes]:
         # Every node the path needs, in one read (one `mget` on OpenSearch, not one per level).
         cache = dict(self.store.nodes(log_id, merkle.inclusion_proof_nodes(leaf_index, tree_size)))
@@ -62,7 +84,10 @@ class Proofs:
         them by log), without judging erasures (see :meth:`report`)."""
         latest = {} if latest is None else latest
         if record.log_id is None or record.leaf_index is None:
-            return {"status": "unsealed", "reason": "not in a Merkle log"}
+            # With a key configured every record is sealed on its way in: one in no log was put
+            # into the store some other way (or written while integrity was off) and proves nothing.
+            return {"status": "failed", "reason": "unsealed: in no Merkle log, nothing proves this record; "
+                                                  "run `aitrail verify`"}
         if record.log_id not in latest:
             latest[record.log_id] = self.store.latest_checkpoint(record.log_id)
         checkpoint = latest[record.log_id]

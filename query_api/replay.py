@@ -13,6 +13,11 @@ from aitrail.store.base import Role
 # Merkle leaf commits to as content (and erasure removes): the same list, never a copy of it.
 CONTENT_FIELDS = leaf.CONTENT_FIELDS
 DOCUMENT_CONTENT = "snippet"  # each retrieved document's text is content too
+# With them a guess at the content can be confirmed: the salt of the content commitment (the
+# commitment stays: without its salt it tells nothing, and inclusion proofs need it) and each
+# document's content_sha256, the plain hash of its text.
+CONTENT_HASHES = ("content_salt",)
+DOCUMENT_HASHES = ("content_sha256",)
 
 
 def merge_fragments(records: list[AuditRecord]) -> list[dict[str, Any]]:
@@ -96,14 +101,18 @@ def causal_order(views: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def for_role(view: dict[str, Any], role: Role) -> dict[str, Any]:
     """The view (a record's dict, or a replay view) as `role` may see it: for the analyst
-    role without the content fields and document snippets, which `redacted` names (every
-    content field, present or not, so a missing field never reads as "there was none")."""
+    role without the content fields, the content salt, and document snippets and content
+    hashes, which `redacted` names (every such field, present or not, so a missing field never
+    reads as "there was none")."""
     if role != Role.ANALYST:
         return view
-    redacted = {k: v for k, v in view.items() if k not in CONTENT_FIELDS}
+    redacted = {k: v for k, v in view.items() if k not in CONTENT_FIELDS and k not in CONTENT_HASHES}
+    hidden = (DOCUMENT_CONTENT, *DOCUMENT_HASHES)
     if redacted.get("documents"):
-        redacted["documents"] = [{k: v for k, v in d.items() if k != DOCUMENT_CONTENT} for d in redacted["documents"]]
-    redacted["redacted"] = list(CONTENT_FIELDS) + ([f"documents.{DOCUMENT_CONTENT}"] if redacted.get("documents") else [])
+        redacted["documents"] = [{k: v for k, v in d.items() if k not in hidden} for d in redacted["documents"]]
+    redacted["redacted"] = [*CONTENT_FIELDS, *CONTENT_HASHES] + (
+        [f"documents.{f}" for f in hidden] if redacted.get("documents") else []
+    )
     return redacted
 
 

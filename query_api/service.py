@@ -229,7 +229,10 @@ class RecordView(AuditRecord):
         }
     )
 
-    redacted: list[str] | None = Field(None, description="Content fields left out because of the caller's role.")
+    redacted: list[str] | None = Field(
+        None, description="Content fields (and content_salt, documents' snippet and content_sha256) left out because "
+                          "of the caller's role."
+    )
     fragments: list[str] | None = Field(
         None, description="Replay only: ids of the records merged into this view (a span and its log events)."
     )
@@ -366,10 +369,22 @@ class CheckpointOut(BaseModel):
                                   "`aitrail verify` checks it with the public key alone.")
 
 
-class CheckpointsOut(BaseModel):
-    model_config = _examples({"data": [CheckpointOut.model_config["json_schema_extra"]["examples"][0]]})
+class CheckpointProblem(BaseModel):
+    log_id: str
+    reason: str = Field(description="Why the log's newest stored checkpoint is not served.")
 
-    data: list[CheckpointOut] = Field(description="Newest checkpoint of each log (or of the one asked for).")
+
+class CheckpointsOut(BaseModel):
+    model_config = _examples({"data": [CheckpointOut.model_config["json_schema_extra"]["examples"][0]], "problems": []})
+
+    data: list[CheckpointOut] = Field(description="Newest checkpoint of each log (or of the one asked for), each "
+                                                  "opened with the trusted keys: size and root are its signed note's.")
+    problems: list[CheckpointProblem] = Field(
+        default_factory=list,
+        description="Logs of the caller's tenant whose newest stored checkpoint is not served: its note does not "
+                    "open with a trusted key, is another log's, or disagrees with the stored size or root "
+                    "(the store was edited; run `aitrail verify --log`).",
+    )
 
 
 class Health(BaseModel):
@@ -510,8 +525,11 @@ class QueryService:
 
     def proof(self, principal: Principal, record_id: str) -> ProofOut:
         record = self.store.get(principal.tenant, record_id)
-        if record is None:
+        if record is None or record.tenant != principal.tenant:  # another tenant's body: as if missing
             raise NotFound(f"no record {record_id}")
+        if record.record_id != record_id:
+            raise NotFound(f"no record {record_id}: what is stored under this id is sealed as record "
+                           f"{record.record_id} (integrity failed); run `aitrail verify`")
         proof = self.proofs.proof(record)
         status = "unverifiable"
         if self.proofs.verifier:
@@ -534,13 +552,18 @@ class QueryService:
         found = [cp for cp in (self.store.latest_checkpoint(i) for i in log_ids) if cp is not None]
         if log_id is not None and not found:
             raise NotFound(f"no checkpoint for log {log_id}")
-        return CheckpointsOut(
-            data=[
-                CheckpointOut(log_id=cp.log_id, size=cp.size, root_hash=cp.root_hash.hex(), signed_at=cp.signed_at,
-                              note=cp.note)
-                for cp in found
-            ]
-        )
+        # A row is what the store says; only its note is signed (Proofs.checkpoint_problem).
+        data, problems = [], []
+        for cp in found:
+            problem = self.proofs.checkpoint_problem(cp)
+            if problem is None:
+                data.append(CheckpointOut(log_id=cp.log_id, size=cp.size, root_hash=cp.root_hash.hex(),
+                                          signed_at=cp.signed_at, note=cp.note))
+            else:
+                problems.append(CheckpointProblem(
+                    log_id=cp.log_id, reason=f"newest stored checkpoint (size {cp.size}) not served: {problem}; "
+                                             f"run `aitrail verify --log {cp.log_id}`"))
+        return CheckpointsOut(data=data, problems=problems)
 
     def access_log(
         self, principal: Principal, *, start: str | None, end: str | None, tz: str | None, limit: int,

@@ -8,6 +8,7 @@ no content reaches a role that may not read it by looking for the marker in the 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -118,7 +119,8 @@ def build(tmp_path) -> Tenants:
     secret = completion("acme", trace=trace, span=1, time=iso(24, 7, 30), cost="0.002",
                         **{k: v for k, v in secret_content().items()})
     lookup = retrieval("acme", trace=trace, span=2, parent=1, query_text=f"{SECRET} query_text", documents=[
-        {"doc_id": "handbook", "acl_tags": ["public"], "score": 0.9, "rank": 1, "snippet": f"{SECRET} snippet"},
+        {"doc_id": "handbook", "acl_tags": ["public"], "score": 0.9, "rank": 1, "snippet": f"{SECRET} snippet",
+         "content_sha256": hashlib.sha256(f"{SECRET} snippet".encode()).hexdigest()},
     ])
     other = completion("acme", trace=0x52, question="When does the office open?", answer="At nine.",
                        time=iso(24, 7, 20))
