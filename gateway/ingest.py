@@ -171,7 +171,7 @@ def ingest_in_process(bus: Bus, verdicts: Verdicts | None = None) -> Ingest:
                 log.warning("stored %d %s one by one after the request was refused whole: %s",
                             total, _noun(signal, 2), reason)
                 return None
-            reason = next(iter(refused.values()))
+            reason = _first_reasons(list(refused.values()))
         count = sum(parts[index][1] for index in refused) if len(parts) > 1 else total
         log.warning("refused %d of %d %s from tenant %s (not stored): %s",
                     count, total, _noun(signal, 2), principal.tenant, reason)
@@ -180,6 +180,12 @@ def ingest_in_process(bus: Bus, verdicts: Verdicts | None = None) -> Ingest:
         return Refused(count, f"{count} {_noun(signal, count)} refused, the rest stored: {reason}")
 
     return ingest
+
+
+def _first_reasons(reasons: list[str], shown: int = 3) -> str:
+    reasons = list(dict.fromkeys(reasons))  # spans refused for one reason say it once
+    more = len(reasons) - shown
+    return "; ".join(reasons[:shown]) + (f"; and {more} more" if more > 0 else "")
 
 
 def _these(signal: Signal, count: int) -> str:

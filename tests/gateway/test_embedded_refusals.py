@@ -70,8 +70,12 @@ def keys(server):
     return {"ingest": ingest, "auditor": auditor, "legacy": legacy}
 
 
-def request_of(*spans: tuple[str, bool]) -> ExportTraceServiceRequest:
-    """(name, refused?) spans, each a chat completion in its own trace."""
+AFTER_2262_NS = 2**63 + 10**18  # 2293: OTLP can send it, no store can hold it
+
+
+def request_of(*spans: tuple[str, bool], after_2262: tuple[str, ...] = ()) -> ExportTraceServiceRequest:
+    """(name, refused?) spans, each a chat completion in its own trace; those named in
+    `after_2262` start after the last instant the stores hold (the normaliser refuses them)."""
     request = ExportTraceServiceRequest()
     scope = request.resource_spans.add().scope_spans.add()
     request.resource_spans[0].resource.attributes.add(key="service.name").value.string_value = "refusals"
@@ -85,6 +89,8 @@ def request_of(*spans: tuple[str, bool]) -> ExportTraceServiceRequest:
         span.attributes.add(key="gen_ai.request.model").value.string_value = "gpt-4o-mini"
         if refused:
             span.attributes.add(key=REFUSE).value.bool_value = True
+        if name in after_2262:
+            span.start_time_unix_nano, span.end_time_unix_nano = AFTER_2262_NS, AFTER_2262_NS + 1000
     return request
 
 
@@ -125,6 +131,7 @@ def stored_names(server, keys, request: ExportTraceServiceRequest) -> set[str]:
 
 @pytest.mark.parametrize("content_type", [PROTOBUF, JSON])
 def test_some_spans_refused_is_a_partial_success_and_the_rest_stored(server, keys, content_type):
+    dead_before = len(server.store.dead_letters())
     request = request_of(("kept one", False), ("refused", True), ("kept two", False))
     response = post(server, keys["ingest"], request, content_type)
     assert response.status_code == 200, response.text
@@ -134,11 +141,12 @@ def test_some_spans_refused_is_a_partial_success_and_the_rest_stored(server, key
     assert answer.partial_success.error_message == f"1 span refused, the rest stored: {REASON}"
     # acknowledged means stored: the two others are there as soon as the answer is
     assert stored_names(server, keys, request) == {"kept one", "kept two"}
-    assert server.store.dead_letters() == []
+    assert len(server.store.dead_letters()) == dead_before
 
 
 @pytest.mark.parametrize("content_type", [PROTOBUF, JSON])
 def test_every_span_refused_is_400_with_the_reason(server, keys, content_type):
+    dead_before = len(server.store.dead_letters())
     request = request_of(("refused a", True), ("refused b", True))
     response = post(server, keys["ingest"], request, content_type)
     assert response.status_code == 400, response.text
@@ -149,19 +157,21 @@ def test_every_span_refused_is_400_with_the_reason(server, keys, content_type):
     assert status.details[0].Unpack(bad) and bad.field_violations[0].description == status.message
     assert "retry-after" not in response.headers
     assert stored_names(server, keys, request) == set()
-    assert server.store.dead_letters() == []
+    assert len(server.store.dead_letters()) == dead_before
 
 
 def test_a_tenant_that_cannot_name_a_log_is_400_not_a_dead_letter(server, keys):
+    dead_before = len(server.store.dead_letters())
     request = request_of(("from a legacy key", False))
     response = post(server, keys["legacy"], request, PROTOBUF)
     assert response.status_code == 400, response.text
     status = parsed(response, status_pb2.Status())
     assert status.message.startswith("the server cannot store this span: invalid tenant name 'acme/../globex'")
-    assert server.store.dead_letters() == []
+    assert len(server.store.dead_letters()) == dead_before
 
 
 def test_grpc_answers_the_same(server, keys):
+    dead_before = len(server.store.dead_letters())
     with grpc.insecure_channel(server.otlp_grpc) as channel:
         export = channel.unary_unary(f"/{TRACE_SERVICE}/Export")
         metadata = [("authorization", f"Bearer {keys['ingest']}")]
@@ -175,18 +185,19 @@ def test_grpc_answers_the_same(server, keys):
     assert raised.value.details() == f"the server cannot store this span: {REASON}"
     status = status_pb2.Status.FromString(dict(raised.value.trailing_metadata())[STATUS_DETAILS_TRAILER])
     assert status.message == raised.value.details()
-    assert server.store.dead_letters() == []
+    assert len(server.store.dead_letters()) == dead_before
 
 
 def test_what_is_not_from_a_waiting_sender_still_goes_to_the_dead_letters(server, keys):
     """System records published in-process have no sender to tell: dead-lettered as before."""
     from aitrail.bus.base import BusMessage, Signal
 
+    before = len(server.store.dead_letters())
     poison = BusMessage(signal=Signal.RECORDS, payload=b"not a list of system records", tenant="acme")
     server.call(server.bus.publish([poison]))
-    [dead] = server.store.dead_letters()
+    [dead] = server.store.dead_letters()[before:]
     assert "not a list of system records" in dead.reason
-    assert json.loads(json.dumps(dead.headers))["tenant"] == "acme"
+    assert dead.headers["tenant"] == "acme"
 
 
 def test_metrics_count_refused_spans_and_failed_requests(server, keys):
@@ -205,3 +216,30 @@ def test_metrics_count_refused_spans_and_failed_requests(server, keys):
     failed = 'aitrail_otlp_requests_failed_total{retryable="false",signal="traces",status="400"}'
     assert after[rejected] - before.get(rejected, 0) == 1
     assert after[failed] - before.get(failed, 0) == 1
+
+
+@pytest.mark.parametrize("content_type", [PROTOBUF, JSON])
+def test_a_span_after_2262_is_refused_by_the_real_normaliser_and_the_rest_stored(server, keys, content_type):
+    dead_before = len(server.store.dead_letters())
+    request = request_of(("on time", False), ("far future", False), ("far future too", False),
+                         after_2262=("far future", "far future too"))
+    response = post(server, keys["ingest"], request, content_type)
+    assert response.status_code == 200, response.text
+    answer = parsed(response, ExportTraceServiceResponse())
+    assert answer.partial_success.rejected_spans == 2
+    message = answer.partial_success.error_message
+    assert message.startswith("2 spans refused, the rest stored: ")
+    assert "'far future'" in message and "'far future too'" in message and "2262-04-11T23:47:16" in message
+    assert stored_names(server, keys, request) == {"on time"}
+    assert len(server.store.dead_letters()) == dead_before
+
+
+def test_only_spans_after_2262_is_400(server, keys):
+    dead_before = len(server.store.dead_letters())
+    request = request_of(("far future alone", False), after_2262=("far future alone",))
+    response = post(server, keys["ingest"], request, PROTOBUF)
+    assert response.status_code == 400, response.text
+    status = parsed(response, status_pb2.Status())
+    assert status.message.startswith("the server cannot store this span: ") and "2262-04-11T23:47:16" in status.message
+    assert stored_names(server, keys, request) == set()
+    assert len(server.store.dead_letters()) == dead_before
