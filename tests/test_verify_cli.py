@@ -24,7 +24,7 @@ from aitrail.integrity import merkle
 from aitrail.integrity.leaf import erase
 from aitrail.integrity.note import Signer
 from aitrail.integrity.system import system_record
-from aitrail.schemas.canonical import canonical_json
+from aitrail.schemas.canonical import canonical_json, record_from_json
 from aitrail.schemas.record import Kind
 from aitrail.settings import load_settings
 from aitrail.store.sqlite import SqliteStore
@@ -100,7 +100,27 @@ class SqliteBackend:
         return SqliteStore(self.install.tmp / f"forged-{os.urandom(4).hex()}.db")
 
     def replace_record(self, record) -> None:
-        self.conn().execute("UPDATE records SET body = ? WHERE record_id = ?", (canonical_json(record), record.record_id))
+        """The record's body replaced, and what the store derives from it derived again, the
+        way an erasure must (content gone from the answers view too); the append-only trigger
+        is put back after, so only the record is different."""
+        from aitrail.store.sqlite import _UPSERT_ANSWER, _answer_row
+
+        conn = self.conn()
+        conn.execute("UPDATE records SET body = ? WHERE record_id = ?", (canonical_json(record), record.record_id))
+        if record.kind == "completion":
+            key = (record.tenant, record.trace_id, record.span_id)
+            found = conn.execute("SELECT id, terms FROM answers WHERE tenant = ? AND trace_id = ? AND span_id = ?",
+                                 key).fetchone()
+            if found is not None:
+                if found[1] is not None:
+                    conn.execute("INSERT INTO answers_fts (answers_fts, rowid, terms) VALUES ('delete', ?, ?)", found)
+                conn.execute("DELETE FROM answers WHERE id = ?", (found[0],))
+            bodies = conn.execute("SELECT body FROM records WHERE tenant = ? AND trace_id = ? AND span_id = ? "
+                                  "AND kind = 'completion' ORDER BY seq", key).fetchall()
+            for (body,) in bodies:
+                conn.execute(_UPSERT_ANSWER, _answer_row(record_from_json(body)))
+        conn.execute("CREATE TRIGGER IF NOT EXISTS records_append_only BEFORE UPDATE ON records "
+                     "BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END")
 
 
 class OpenSearchBackend:

@@ -289,6 +289,17 @@ class _LogVerifier:
         else:
             self.missing.append([index, index + 1])
 
+    def stored_size(self) -> int:
+        """The stored log state's size; a state that cannot be read (edited into something
+        that does not parse) is a failure of this log, read as size 0, never an abort."""
+        if not hasattr(self, "_stored_size"):
+            try:
+                self._stored_size = self.reader.log_size(self.log_id)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                self.fail(FailureKind.LOG_STATE, f"the stored log state cannot be read: {type(exc).__name__}: {exc}")
+                self._stored_size = 0
+        return self._stored_size
+
     def stored_nodes(self, keys: list[tuple[int, int]]) -> Mapping[tuple[int, int], bytes]:
         if self.node_reader is None or not keys:
             return {}
@@ -692,7 +703,7 @@ class _LogVerifier:
 
     def run_all(self) -> LogReport:
         cps = self.open_checkpoints()
-        total = self.reader.log_size(self.log_id)
+        total = self.stored_size()
         if self.external:
             # Stored checkpoints first at equal sizes: a kept one is then compared with the
             # store's signed tree at that size.
@@ -716,7 +727,7 @@ class _LogVerifier:
         return self.report
 
     def finish(self, cps: list[_Cp]) -> None:
-        size = self.reader.log_size(self.log_id)
+        size = self.stored_size()
         covered = cps[-1].size if cps else 0
         self.report.size = size
         if size < covered:

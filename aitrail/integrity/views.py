@@ -26,6 +26,7 @@ rule to show each answer from its sealed records (:func:`answer_differences`).
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -50,6 +51,7 @@ __all__ = [
     "from_e10",
     "merge_answer",
     "merged_answer",
+    "sealed_order",
     "verify_views",
 ]
 
@@ -80,6 +82,8 @@ class ViewFindingKind(StrEnum):
     EXTRA = "extra"  # the view has a row no record derives
     DIFFERS = "differs"  # the row exists with other values than the records derive
     UNREADABLE = "unreadable"  # a stored record body does not parse
+    UNSEALED = "unsealed"  # a record in no Merkle log: no sequencer wrote it
+    LAYOUT = "layout"  # the store's own structure (schema, indexes, triggers, analysers) was changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,9 +161,23 @@ def merge_answer(fragments: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
     return merged
 
 
+def sealed_order(items: list, position: Callable[[Any], tuple[str | None, int | None]]) -> list:
+    """The fragments of one answer in the order their log sealed them: by leaf index when
+    every one is sealed into the same log (the store's own order cannot be trusted: a
+    swapped row order would change which fragment's value wins), else as given (arrival)."""
+    positions = [position(item) for item in items]
+    logs = {log for log, _ in positions}
+    if len(logs) == 1 and None not in logs and all(leaf is not None for _, leaf in positions):
+        return [item for _, item in sorted(zip((leaf for _, leaf in positions), items, strict=True),
+                                           key=lambda pair: pair[0])]
+    return items
+
+
 def merged_answer(records: Iterable[AuditRecord]) -> dict[str, Any] | None:
-    """:func:`merge_answer` of the completion records of one span, in arrival order."""
-    return merge_answer(answer_fragment(r) for r in records)
+    """:func:`merge_answer` of the completion records of one span, in sealed order
+    (:func:`sealed_order`; arrival order across logs)."""
+    ordered = sealed_order(list(records), lambda r: (r.log_id, r.leaf_index))
+    return merge_answer(answer_fragment(r) for r in ordered)
 
 
 def answer_differences(expected: dict[str, Any], row: Answer) -> list[str]:
@@ -196,7 +214,7 @@ def _show(value: Any) -> str:
 _SCRATCH = """
 CREATE TABLE seen (record_id TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE fragments (tenant TEXT, trace_id TEXT, span_id TEXT, late INTEGER, ord INTEGER, record_id TEXT,
-                        body BLOB);
+                        body BLOB, log_id TEXT, leaf_index INTEGER);
 CREATE TABLE answers_expected (tenant TEXT, trace_id TEXT, span_id TEXT, body BLOB);
 CREATE TABLE answers_stored (tenant TEXT, trace_id TEXT, span_id TEXT, row TEXT, body BLOB);
 CREATE TABLE docs_expected (record_id TEXT, tenant TEXT, trace_id TEXT, doc_id TEXT, acl_tags TEXT);
@@ -292,6 +310,12 @@ class _Check:
             self.find(stored.view, ViewFindingKind.UNREADABLE, f"the stored body does not parse: {stored.error}",
                       record_id=stored.columns.get("record_id"), row=stored.row)
             return None
+        if record.log_id is None or record.leaf_index is None:
+            # Every record a sequencer writes is sealed; one that is not was put in the store
+            # some other way (or written with integrity off) and proves nothing.
+            self.find(stored.view, ViewFindingKind.UNSEALED,
+                      "the record is in no Merkle log: no sequencer sealed it, nothing proves it",
+                      record_id=record.record_id, trace_id=record.trace_id, row=stored.row)
         for column, value in stored.columns.items():
             sealed = getattr(record, column)
             if value != sealed:
@@ -305,7 +329,7 @@ class _Check:
         """The rows the store's write path derives from one record."""
         if record.kind == Kind.COMPLETION and record.trace_id and record.span_id:
             fragments.append((record.tenant, record.trace_id, record.span_id, order is None, order, record.record_id,
-                              orjson.dumps(answer_fragment(record))))
+                              orjson.dumps(answer_fragment(record)), record.log_id, record.leaf_index))
         elif record.kind == Kind.RETRIEVAL and record.trace_id:
             docs.extend((record.record_id, record.tenant, record.trace_id, d.doc_id, _tags(sorted(d.acl_tags)))
                         for d in record.documents)
@@ -314,7 +338,7 @@ class _Check:
 
     def flush(self, fragments: list, docs: list, feedback: list) -> None:
         db = self.scratch.db
-        db.executemany("INSERT INTO fragments VALUES (?, ?, ?, ?, ?, ?, ?)", fragments)
+        db.executemany("INSERT INTO fragments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", fragments)
         db.executemany("INSERT INTO docs_expected VALUES (?, ?, ?, ?, ?)", docs)
         db.executemany("INSERT INTO feedback_expected VALUES (?, ?, ?, ?)", feedback)
         fragments.clear()
@@ -327,7 +351,7 @@ class _Check:
         db = self.scratch.db
         db.execute("CREATE INDEX fragments_order ON fragments (tenant, trace_id, span_id, late, ord, record_id)")
         merged = (
-            (*key, orjson.dumps(merge_answer(orjson.loads(r[6]) for r in rows)))
+            (*key, orjson.dumps(merge_answer(orjson.loads(r[6]) for r in sealed_order(list(rows), lambda r: r[7:9]))))
             for key, rows in groupby(
                 db.execute("SELECT * FROM fragments ORDER BY tenant, trace_id, span_id, late, ord, record_id"),
                 key=lambda r: r[:3],
@@ -438,10 +462,10 @@ class _Check:
                     surplus[other] -= 1
                     if surplus[other] <= 0:
                         del surplus[other]
-                    changed = [f"{name} {_show(got)} (sealed: {_show(want)})"
+                    changed = [f"{name} {got if name == 'acl_tags' else _show(got)} "
+                               f"(sealed: {want if name == 'acl_tags' else _show(want)})"
                                for name, got, want in (("tenant", other[0], tenant), ("trace", other[1], trace),
-                                                       ("acl_tags", orjson.loads(other[3]) if _is_json(other[3])
-                                                        else other[3], orjson.loads(tags)))
+                                                       ("acl_tags", other[3], tags))
                                if got != want]
                     parts.append(f"doc {doc_id} stored with " + ", ".join(changed))
                 else:
@@ -478,8 +502,16 @@ class _Check:
                                   f"the sealed feedback records say {sorted(expected.elements(), key=_nulls_first)}",
                       record_id=", ".join(record_ids) or None, trace_id=trace_id)
 
+    def layout(self) -> None:
+        """The store's own structure: an index rebuilt to lack rows, a swapped tokenizer or
+        analyser, an added trigger would change what the views serve while every row checks."""
+        problems = getattr(self.store, "layout_problems", None)
+        for problem in problems() if problems is not None else ():
+            self.find("layout", ViewFindingKind.LAYOUT, problem)
+
     def run(self) -> list[ViewFinding]:
         try:
+            self.layout()
             self.read_records()
             self.answers()
             self.full_text()
@@ -513,16 +545,10 @@ def _merge_sorted(
 
 
 def _tags(value: Any) -> str:
-    """ACL tags as compared: the JSON of the list (what SQLite stores), or the stored text."""
-    return orjson.dumps(value).decode() if isinstance(value, list) else str(value)
-
-
-def _is_json(text: str) -> bool:
-    try:
-        orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return False
-    return True
+    """ACL tags as compared: exactly the text SQLite's write path stores for the list
+    (`json.dumps`), or the stored text as it is. Compared as text, not parsed: the document-
+    ACL filters compare the text too (`'[ ]'` is not `'[]'` to them)."""
+    return json.dumps(value) if isinstance(value, list) else str(value)
 
 
 def _terms(terms: list[str]) -> str:

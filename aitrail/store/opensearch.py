@@ -1102,7 +1102,10 @@ class OpenSearchStore:
     def records_in_log(self, log_id: str) -> Iterator[AuditRecord]:
         sort = [{"leaf_index": {"order": "asc", "missing": "_last"}}, {"record_id": "asc"}]
         for source in self._paged(self.records_pattern, {"term": {"log_id": log_id}}, sort, "reading a log"):
-            yield AuditRecord.model_validate(source)
+            try:
+                yield AuditRecord.model_validate(source)
+            except ValueError as exc:  # an edited document: its leaf is then missing from the log
+                log.warning("log %s: a stored record does not parse, left out: %s", log_id, exc)
 
     def nodes(self, log_id: str, keys: Sequence[tuple[int, int]]) -> Mapping[tuple[int, int], bytes]:
         """Real-time gets by id."""

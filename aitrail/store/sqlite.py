@@ -9,6 +9,7 @@ be rebuilt from `records`.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import secrets
 import sqlite3
@@ -46,6 +47,8 @@ from .base import (
 )
 from .keys import hash_key, new_key
 from .text import index_terms, match_expression
+
+log = logging.getLogger(__name__)
 
 # The full-text tokenizer, also for rebuilding the index elsewhere (aitrail.integrity.views).
 FTS_TOKENIZE = "porter unicode61 remove_diacritics 2"
@@ -224,6 +227,24 @@ def _from_e10(value: int) -> Decimal:
     """Exact, with ten decimal places as the cost module writes them."""
     whole, fraction = divmod(abs(value), 10**10)
     return Decimal(f"{'-' if value < 0 else ''}{whole}.{fraction:010d}")
+
+
+def _layout(conn: sqlite3.Connection) -> dict[tuple[str, str], str]:
+    """(type, name) -> declaration of every index, trigger, view and table of the main
+    schema (SQLite's own objects left out)."""
+    rows = conn.execute(
+        "SELECT type, name, coalesce(sql, '') FROM main.sqlite_master WHERE name NOT LIKE 'sqlite_%'"
+    ).fetchall()
+    return {(kind, name): " ".join(sql.split()) for kind, name, sql in rows}
+
+
+def _trigger_table(sql: str) -> str | None:
+    match = re.search(r"\bON\s+(\w+)", sql, re.IGNORECASE)
+    return match.group(1) if match else None
+
+
+def _shown_sql(sql: str, limit: int = 160) -> str:
+    return sql if len(sql) <= limit else sql[: limit - 1] + "…"
 
 
 def _now() -> str:
@@ -551,12 +572,10 @@ class SqliteStore:
             "SELECT rowid, tenant, trace_id, record_id, doc_id, acl_tags FROM retrieved_docs ORDER BY rowid"
         )
         for row_id, tenant, trace_id, record_id, doc_id, acl_tags in cursor:
-            try:
-                tags = json.loads(acl_tags)
-            except (TypeError, ValueError):
-                tags = acl_tags
+            # The text as stored: the ACL filters compare it as text, so must the check.
             yield DerivedRow(view="retrieved_docs", row=str(row_id), values={
-                "tenant": tenant, "trace_id": trace_id, "record_id": record_id, "doc_id": doc_id, "acl_tags": tags,
+                "tenant": tenant, "trace_id": trace_id, "record_id": record_id, "doc_id": doc_id,
+                "acl_tags": acl_tags if isinstance(acl_tags, str) else repr(acl_tags),
             })
 
     def derived_feedback(self) -> Iterator[DerivedRow]:
@@ -565,8 +584,42 @@ class SqliteStore:
         ):
             yield DerivedRow(view="feedback", row=str(row_id), values={"tenant": tenant, "trace_id": trace_id, "score": score})
 
-    def derived_terms(self) -> FullTextIndex:
+    def layout_problems(self) -> list[str]:
+        """What differs in the file's own structure from what this code creates: an index,
+        trigger, view or table declaration added or changed (a partial index rebuilt to hide
+        rows, a full-text tokenizer swapped, a trigger that rewrites inserts), a trigger
+        removed, and whatever `PRAGMA integrity_check` finds (an index that lacks rows of its
+        table). Read-only. Tables of other parts of aitrail (dead-letter replays) and indexes
+        a store made by an older version lacks are not problems."""
+        fresh = sqlite3.connect(":memory:")
+        try:
+            fresh.executescript(_SCHEMA)
+            expected = _layout(fresh)
+        finally:
+            fresh.close()
         conn = self._conn()
+        found = _layout(conn)
+        problems = []
+        for (kind, name), sql in sorted(found.items()):
+            if (kind, name) not in expected:
+                if kind != "table":
+                    problems.append(f"{kind} {name} is not part of the store's layout: {_shown_sql(sql)}")
+            elif sql != expected[kind, name]:
+                problems.append(f"{kind} {name} was changed: it reads {_shown_sql(sql)}, "
+                                f"aitrail creates {_shown_sql(expected[kind, name])}")
+        tables = {name for kind, name in found if kind == "table"}
+        for (kind, name), sql in sorted(expected.items()):
+            if kind == "trigger" and (kind, name) not in found and _trigger_table(sql) in tables:
+                problems.append(f"trigger {name} is missing (it keeps a derived view or the records append-only)")
+        for (message,) in conn.execute("PRAGMA integrity_check(50)"):
+            if message != "ok":
+                problems.append(f"integrity_check: {message}")
+        return problems
+
+    def derived_terms(self) -> FullTextIndex | None:
+        conn = self._conn()
+        if conn.execute("SELECT 1 FROM main.sqlite_master WHERE name = 'answers_fts'").fetchone() is None:
+            return None  # dropped with the rest (reported as loss): no index to compare
         # A view of the index's own entries, in this connection's temporary schema (nothing
         # is written to the store); `ORDER BY term` is the vocabulary's own order (no sort).
         # A read-only connection refuses even its temporary schema (query_only): lifted for
@@ -633,7 +686,10 @@ class SqliteStore:
             "SELECT body FROM records WHERE log_id = ? ORDER BY leaf_index, seq", (log_id,)
         )
         for (body,) in cursor:
-            yield record_from_json(body)
+            try:
+                yield record_from_json(body)
+            except ValueError as exc:  # an edited body: its leaf is then missing from the log
+                log.warning("log %s: a stored record body does not parse, left out: %s", log_id, exc)
 
     def nodes(self, log_id: str, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
         out: dict[tuple[int, int], bytes] = {}

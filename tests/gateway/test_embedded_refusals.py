@@ -4,10 +4,11 @@ it: the sender's answer waits for the collector, so what the normaliser refuses 
 only some spans are refused, as OTLP's partial success (200, `rejected_spans`, the reason) with
 the rest stored. Nothing refused lands in the dead letters nobody reads.
 
-Two refusals: a real one (a key made before tenant names were checked, whose tenant cannot
-name a Merkle log: the pipeline refuses every message of it), and a span-level one where the
-normaliser is wrapped to refuse spans carrying `test.refuse` (what another kind of refusal,
-e.g. a future one for times the stores cannot hold, looks like to the receiver)."""
+Refusals used: the normaliser's own (spans starting after 2262, which no store can hold:
+it stores the rest and refuses those); the tenant check (a key made before tenant names were
+checked, whose tenant cannot name a Merkle log: every message of it is refused); and the
+normaliser wrapped to raise for spans carrying `test.refuse`, for a refusal that fails the
+whole message (as an unexpected normalisation error does)."""
 
 from __future__ import annotations
 

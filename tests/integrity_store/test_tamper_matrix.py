@@ -29,7 +29,7 @@ from aitrail.integrity.note import Signer
 from aitrail.schemas.canonical import canonical_json
 from aitrail.schemas.record import AuditRecord
 from aitrail.settings import load_settings
-from aitrail.store.sqlite import SqliteStore
+from aitrail.store.sqlite import _UPSERT_ANSWER, SqliteStore, _answer_row
 from tests.conftest import drop_opensearch_layout
 from tests.factories import completion, iso, retrieval
 from aitrail.schemas.record import record_id_for
@@ -552,3 +552,86 @@ def test_opensearch_answers_document_deleted(trail):
     doc_id, _ = trail.insider.answer_doc(victim)
     trail.insider.client.delete(index=trail.store.answers_index, id=doc_id, params={"refresh": "true"})
     expect_named(trail, victim.record_id)
+
+
+# --- the SQLite file's own structure ---------------------------------------------------------
+
+
+def _rewrite_schema(insider, name: str, sql: str) -> None:
+    """What an insider with the file can do to a declaration (SQLite's writable_schema)."""
+    conn = insider.conn
+    version = conn.execute("PRAGMA schema_version").fetchone()[0]
+    conn.execute("PRAGMA writable_schema = ON")
+    conn.execute("UPDATE sqlite_master SET sql = ? WHERE name = ?", (sql, name))
+    conn.execute(f"PRAGMA schema_version = {version + 1}")
+    conn.execute("PRAGMA writable_schema = OFF")
+
+
+@SQLITE
+def test_sqlite_index_rebuilt_without_a_row(trail):
+    """A partial index rebuilt, its declaration put back: a trace's replay loses a record."""
+    insider = trail.insider
+    victim = sealed(trail, trail.retrievals[0])
+    original = insider.conn.execute("SELECT sql FROM sqlite_master WHERE name = 'records_trace'").fetchone()[0]
+    _rewrite_schema(insider, "records_trace", original + f" WHERE record_id != '{victim.record_id}'")
+    insider.conn.execute("REINDEX records_trace")
+    _rewrite_schema(insider, "records_trace", original)
+    reader = SqliteStore.in_dir(trail.data)
+    try:
+        assert victim.record_id not in {r.record_id for r in reader.trace(victim.tenant, victim.trace_id)}
+    finally:
+        reader.close()
+    out = expect_named(trail, "records_trace")
+    assert "FAILED view [layout]" in out and "integrity_check" in out
+
+
+@SQLITE
+def test_sqlite_full_text_tokenizer_swapped(trail):
+    insider = trail.insider
+    original = insider.conn.execute("SELECT sql FROM sqlite_master WHERE name = 'answers_fts'").fetchone()[0]
+    _rewrite_schema(insider, "answers_fts", original.replace("porter unicode61", "unicode61"))
+    out = expect_named(trail, "answers_fts")
+    assert "table answers_fts was changed" in out
+
+
+@SQLITE
+def test_sqlite_trigger_added_or_dropped(trail):
+    insider = trail.insider
+    insider.sql("CREATE TRIGGER quiet AFTER INSERT ON answers BEGIN UPDATE answers SET answer = 'ok' "
+                "WHERE id = new.id; END")
+    insider.sql("DROP TRIGGER answers_fts_insert")
+    out = expect_named(trail, "quiet")
+    assert "trigger quiet is not part of the store's layout" in out
+    assert "trigger answers_fts_insert is missing" in out
+
+
+@SQLITE
+def test_sqlite_fragment_order_swapped(trail):
+    """Which fragment's value an answer shows is decided by the order the log sealed them,
+    not by the rows' order in the table."""
+    insider = trail.insider
+    sequencing = open_sequencing(trail.settings, trail.store, create_key=True)
+    first, second = (
+        completion("acme", trace=600, origin="log", time=iso(24, 8, 0), answer=answer, record_id=f"{n:032x}")
+        for n, answer in ((61, "Yes, the refund is approved."), (62, "No, the refund is denied."))
+    )
+    sequencing.write([first])
+    sequencing.write([second])
+    sequencing.tick()
+    assert _run_verify(trail)[0] == 0
+    rows = {rid: seq for rid, seq in insider.conn.execute(
+        "SELECT record_id, seq FROM records WHERE record_id IN (?, ?)", (first.record_id, second.record_id))}
+    insider.sql("UPDATE records SET seq = -1 WHERE record_id = ?", first.record_id)
+    insider.sql("UPDATE records SET seq = ? WHERE record_id = ?", rows[first.record_id], second.record_id)
+    insider.sql("UPDATE records SET seq = ? WHERE record_id = ?", rows[second.record_id], first.record_id)
+    # the answers row derived again, as the write path would from the rows in their new order
+    row_id, terms = insider.conn.execute("SELECT id, terms FROM answers WHERE trace_id = ?", (first.trace_id,)).fetchone()
+    insider.sql("INSERT INTO answers_fts (answers_fts, rowid, terms) VALUES ('delete', ?, ?)", row_id, terms)
+    insider.sql("DELETE FROM answers WHERE id = ?", row_id)
+    now = {r.record_id: r for r in insider.records()}
+    for record in (second, first):
+        insider.sql(_UPSERT_ANSWER, *_answer_row(now[record.record_id]))
+    insider.sql("CREATE TRIGGER records_append_only BEFORE UPDATE ON records "
+                "BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END")
+    out = expect_named(trail, first.trace_id, first.record_id, second.record_id)
+    assert "FAILED view [differs] view answers" in out and "[layout]" not in out

@@ -325,9 +325,12 @@ def test_record_stored_under_another_id_is_named(sealed):
 def test_copy_of_a_record_under_another_id_is_named(sealed):
     store, tamper, by_trace = sealed
     victim = by_trace[trace_id(100)]
-    tamper.insert_record(victim, as_id="d" * 32)
-    (finding,) = only(verify_views(store), tamper.records_view, victim.record_id)
+    tamper.insert_record(victim, as_id="d" * 32)  # the record as sent, before it was sealed
+    findings = only(verify_views(store), tamper.records_view, victim.record_id)
+    (finding,) = [f for f in findings if f.kind == ViewFindingKind.DIFFERS]
     assert "column record_id is 'dddd" in finding.what
+    (unsealed,) = [f for f in findings if f.kind == ViewFindingKind.UNSEALED]
+    assert "no Merkle log" in unsealed.what
 
 
 # -- SQLite's own derived tables ------------------------------------------------------------
@@ -388,7 +391,25 @@ def test_edited_acl_tags_are_named(sqlite_sealed):
     assert store.search_answers(AnswerQuery(tenant="acme", exposed_to=("public",))).count == 1
     (finding,) = only(verify_views(store), "retrieved_docs", victim.record_id)
     assert finding.kind == ViewFindingKind.DIFFERS and finding.trace_id == victim.trace_id
-    assert "doc salaries stored with acl_tags [] (sealed: ['board-only', 'hr'])" in finding.what
+    assert 'doc salaries stored with acl_tags [] (sealed: ["board-only", "hr"])' in finding.what
+
+
+def test_acl_tags_that_parse_alike_but_filter_otherwise_are_named(sqlite_sealed):
+    """'[ ]' is the empty list to a JSON parser but not to the filters, which compare text:
+    the unrestricted FAQ document then counts as restricted, for `exposed_to` and `visible_to`."""
+    from aitrail.store.base import AnswerQuery
+
+    store, tamper, records = sqlite_sealed
+    victim = _retrieval(records, 101)
+    # the salaries document opened to the public first, so only the FAQ's tags decide
+    tamper.conn.execute("UPDATE retrieved_docs SET acl_tags = '[\"public\"]' WHERE record_id = ? AND doc_id = 'salaries'",
+                        (victim.record_id,))
+    before = store.search_answers(AnswerQuery(tenant="acme", visible_to=("public",))).count
+    tamper.conn.execute("UPDATE retrieved_docs SET acl_tags = '[ ]' WHERE record_id = ? AND doc_id = 'faq'",
+                        (victim.record_id,))
+    assert store.search_answers(AnswerQuery(tenant="acme", visible_to=("public",))).count == before - 1
+    (finding,) = only(verify_views(store), "retrieved_docs", victim.record_id)
+    assert "doc faq stored with acl_tags [ ] (sealed: [])" in finding.what
 
 
 def test_inserted_and_deleted_documents_are_named(sqlite_sealed):

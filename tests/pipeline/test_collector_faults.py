@@ -55,13 +55,13 @@ class RejectsFirstWrite:
     def __init__(self, inner, next_batch_ready: threading.Event) -> None:
         self.inner, self.failed, self.next_batch_ready = inner, False, next_batch_ready
 
-    def write(self, records, updates=()):
+    def write(self, records, updates=(), **options):
         if not self.failed:
             self.failed = True
             assert self.next_batch_ready.wait(30), "the collector never fetched a second batch"
             time.sleep(0.3)  # let it reach the write queue
             raise AitrailError("refused once by the test")
-        return self.inner.write(records, updates)
+        return self.inner.write(records, updates, **options)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
