@@ -22,7 +22,7 @@ from aitrail.schemas.record import AuditRecord
 from aitrail.schemas.timefmt import ns_to_iso
 
 from aitrail import __version__
-from aitrail.bus.base import Batch, BusMessage, Encoding, Signal
+from aitrail.bus.base import OUTCOME_HEADER, RECORD_HEADER, Batch, BusMessage, Encoding, Signal
 from aitrail.errors import AitrailError, BadRequest, Fatal, Unavailable
 from aitrail.integrity import system
 from aitrail.otlp import decode_logs, decode_traces
@@ -56,6 +56,8 @@ def pricer_for(table) -> Callable:
 class BatchResult:
     records: list[AuditRecord] = field(default_factory=list)
     dead: list[tuple[BusMessage, str]] = field(default_factory=list)
+    # record_id -> the message it was normalised from (the last one, for an id sent twice)
+    sources: dict[str, BusMessage] = field(default_factory=dict)
 
 
 class Pipeline:
@@ -89,9 +91,10 @@ class Pipeline:
                 log.exception("normalisation failed")
                 result.dead.append((message, f"normalisation failed: {type(exc).__name__}: {exc}"))
                 continue
-            if message.position is not None:
-                for record in records:
+            for record in records:
+                if message.position is not None:
                     record.kafka = message.position
+                result.sources[record.record_id] = message
             result.records.extend(records)
         return result
 
@@ -162,9 +165,10 @@ async def run_collector(
     (Python) runs while batch N is written (SQLite and the network release the GIL).
 
     A retriable store error backs off and writes the same records again (writes are
-    idempotent); a batch is acknowledged only once stored, and batches are acknowledged in
-    order. With `give_up_after_s` (embedded mode, where senders wait on the batch) a batch that
-    still cannot be stored fails and its senders get 503 and retry; without it (Kafka) the
+    idempotent); a batch is acknowledged only once stored, its refused records (rejected by
+    the store, or conflicts) dead-lettered first, and batches are acknowledged in order. With
+    `give_up_after_s` (embedded mode, where senders wait on the batch) a batch that still
+    cannot be stored fails and its senders get 503 and retry; without it (Kafka) the
     collector retries until the store is back, committing nothing meanwhile."""
     ready: asyncio.Queue[tuple[Batch, BatchResult | None] | None] = asyncio.Queue(maxsize=1)
 
@@ -188,11 +192,13 @@ async def run_collector(
                 if result is None:
                     raise Unavailable("normalisation failed unexpectedly; see the collector log")
                 for message, reason in result.dead:
-                    log.warning("dead letter (%s): %s", message.position or "in-process", reason)
-                    await batch.dead_letter(message, reason)
+                    log.warning("dead letter (%s): %s", _where(message), reason)
+                    await batch.dead_letter(message, reason, {OUTCOME_HEADER: "invalid"})
                     if on_dead_letter is not None:
                         on_dead_letter(reason)
-                if await _write_with_retries(store, result, batch, on_written, on_retry, max_backoff_s, give_up_after_s):
+                written = await _write_with_retries(store, result, batch, on_written, on_retry, max_backoff_s, give_up_after_s)
+                if written is not None:
+                    await _dead_letter_refused(batch, result, written, on_dead_letter)
                     if batch.stale:  # a rebalance while it was written: the records written stay
                         await batch.discard()  # (redelivery finds them), the offsets are not committed
                     else:
@@ -208,18 +214,48 @@ async def run_collector(
         group.create_task(write_stage())
 
 
-async def _write_with_retries(store, result, batch, on_written, on_retry, max_backoff_s, give_up_after_s) -> bool:
+def _where(message: BusMessage) -> str:
+    position = message.position
+    return "in-process" if position is None else f"{position.topic}/{position.partition}@{position.offset}"
+
+
+async def _dead_letter_refused(
+    batch: Batch, result: BatchResult, written: WriteResult, on_dead_letter: Callable[[str], None] | None
+) -> None:
+    """Each record the store refused goes to the dead letters as its source message, with the
+    outcome, the record id and the store's reason; durable before the batch is acknowledged."""
+    records = {r.record_id: r for r in result.records}
+    for record_id, (outcome, why) in sorted(written.refused.items()):
+        message = result.sources.get(record_id)
+        if message is None:  # every record comes from a message of the batch
+            raise AssertionError(f"the store refused record {record_id}, which no message of the batch holds")
+        record = records[record_id]
+        reason = (f"{outcome}: record {record_id} ({record.kind}, trace {record.trace_id}, span {record.span_id}, "
+                  f"tenant {record.tenant}): {why}")
+        log.warning("record %s refused by the store (%s), dead-lettered (%s): %s", record_id, outcome, _where(message), why)
+        await batch.dead_letter(message, reason, {OUTCOME_HEADER: str(outcome), RECORD_HEADER: record_id})
+        if on_dead_letter is not None:
+            on_dead_letter(reason)
+
+
+async def _write_with_retries(
+    store, result, batch, on_written, on_retry, max_backoff_s, give_up_after_s
+) -> WriteResult | None:
     try:
         return await _retry_write(store, result, batch, on_written, on_retry, max_backoff_s, give_up_after_s)
     finally:
         await batch.resume()
 
 
-async def _retry_write(store, result, batch, on_written, on_retry, max_backoff_s, give_up_after_s) -> bool:
+async def _retry_write(store, result, batch, on_written, on_retry, max_backoff_s, give_up_after_s) -> WriteResult | None:
+    """The batch's write result once stored (rejections and conflicts included); None when
+    it failed for good (`batch.fail` was called)."""
     delay, first_failure = 0.1, None
     while True:
         started = time.perf_counter()
         try:
+            # Trace context from ancestors already stored: read here, once the batch before is.
+            result.records = await asyncio.to_thread(inherit_context, reader_behind(store), result.records)
             written = await asyncio.to_thread(store.write, result.records)
         except AitrailError as exc:
             now = time.monotonic()
@@ -227,7 +263,7 @@ async def _retry_write(store, result, batch, on_written, on_retry, max_backoff_s
             if not exc.retriable or (give_up_after_s is not None and now - first_failure > give_up_after_s):
                 log.error("batch failed: %s", exc.message)
                 await batch.fail(exc)
-                return False
+                return None
             log.warning("store unavailable, retrying in %.1fs: %s", delay, exc.message)
             if first_failure == now:
                 await batch.pause()  # keep our partitions and our place in the group meanwhile
@@ -238,4 +274,4 @@ async def _retry_write(store, result, batch, on_written, on_retry, max_backoff_s
             continue
         if on_written is not None:
             on_written(result, written, time.perf_counter() - started)
-        return True
+        return written

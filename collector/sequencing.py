@@ -26,7 +26,7 @@ from aitrail.custody import CheckpointMirror
 from aitrail.integrity.note import Signer
 from aitrail.integrity.sequencer import ForkError, LogSequencer, LogState, LogUpdate, SignedCheckpoint, new_log
 from aitrail.schemas.record import AuditRecord
-from aitrail.store.base import FencedError, Store, WriteResult
+from aitrail.store.base import FencedError, RecordsRejected, Store, WriteResult, conflict_reason, same_content
 from aitrail.tenancy import check_tenant, log_tenant, tenant_log_id
 
 log = logging.getLogger(__name__)
@@ -129,41 +129,96 @@ class Sequencing:
         record a failed write stored beyond its log's state is planned again; the same batch
         from the same state gets the same leaves, so the partial write is completed, never
         forked. `FencedError` (another sequencer advanced a log) or `ForkError`: nothing of
-        this batch is committed here, and its logs are reloaded from the store next time."""
+        this batch is committed here, and its logs are reloaded from the store next time.
+
+        Never a leaf for a record the store will not hold: a record whose id is stored with
+        other content is a conflict, found before planning; a record the store rejects
+        (`RecordsRejected`: nothing of the plan was kept) is left out and the rest is planned
+        again from the same state, by sequencers reloaded from the store (the dropped plan's
+        signatures never left this process). The result names both, for the dead letters."""
         with self._lock:
             stored = self.store.existing([r.record_id for r in records])
-            by_log: dict[str, list[AuditRecord]] = {}
-            seen: set[str] = set()
+            bodies = self.store.records_by_id(list(stored)) if stored else {}
+            candidates: dict[str, list[AuditRecord]] = {}
+            first: dict[str, AuditRecord] = {}
+            conflicts: dict[str, str] = {}
+            rejected: dict[str, str] = {}
+            conflicting_copies = 0
             for record in records:
-                if record.record_id in seen or self._committed(stored.get(record.record_id)):
+                rid = record.record_id
+                earlier = first.get(rid) or bodies.get(rid)
+                if earlier is not None and not same_content(earlier, record):
+                    conflicts[rid] = conflict_reason(earlier, record)
+                    conflicting_copies += 1
+                    continue
+                if rid in first:
+                    continue
+                first[rid] = record
+                if self._committed(stored.get(rid)):
                     continue
                 if self._owned is not None and source_of(record, self.default_log) not in self._owned:
                     continue
                 log_id = log_id_for(record, self.default_log)
                 resume = self._sequencer(log_id).state.source_position
                 if record.kafka is not None and resume is not None and record.kafka.offset < resume:
+                    if rid not in stored:
+                        # Its log passed this offset without it: the store refused it then (delivered
+                        # again after a crash before the commit). Dead-lettered again, never sealed late.
+                        rejected[rid] = (
+                            f"not stored: the store refused this record when log {log_id} sequenced offset "
+                            f"{record.kafka.offset} (the dead letter written then carries the store's reason)"
+                        )
                     continue
-                seen.add(record.record_id)
-                by_log.setdefault(log_id, []).append(record)
-            plans = [self._sequencer(log_id).plan(batch, self.subject_key) for log_id, batch in by_log.items()]
-            sealed = [r for plan in plans for r in plan.records]
-            try:
-                result = self.store.write(
-                    sealed, [plan.update for plan in plans],
-                    expected={plan.update.log_id: _stored_base(plan.base) for plan in plans},
-                )
-            except (FencedError, ForkError) as exc:
-                # Another writer's state (or nodes) is in the store: what this process cached
-                # of these logs is stale. Reload them on the next attempt, which, if the
-                # partitions were revoked meanwhile, `forget` turns into skipping them.
-                for plan in plans:
-                    self._sequencers.pop(plan.update.log_id, None)
-                log.warning("batch not sequenced, its logs will be reloaded: %s", exc)
-                raise
+                candidates.setdefault(log_id, []).append(record)
+            for _attempt in range(sum(map(len, candidates.values())) + 1):  # each retry leaves out one record or more
+                plans = [
+                    self._sequencer(log_id).plan(batch, self.subject_key) for log_id, batch in candidates.items() if batch
+                ]
+                try:
+                    result = self._store(plans)
+                except RecordsRejected as exc:
+                    planned = {r.record_id for plan in plans for r in plan.records}
+                    refused = {rid: why for rid, why in exc.rejected.items() if rid in planned}
+                    if not refused:
+                        raise
+                    for plan in plans:  # nothing of these plans is stored: plan again from the stored state
+                        self._sequencers.pop(plan.update.log_id, None)
+                    rejected.update(refused)
+                    candidates = {
+                        log_id: [r for r in batch if r.record_id not in refused] for log_id, batch in candidates.items()
+                    }
+                    log.warning("%d record(s) rejected by the store, sequencing the batch again without them: %s",
+                                len(refused), exc.message)
+                    continue
+                break
+            else:  # unreachable: every attempt leaves out a record, and an empty plan is not refused
+                raise AssertionError("the store kept rejecting a batch with no records left")
             for plan in plans:
                 self._sequencers[plan.update.log_id].commit(plan)
             self._keep([cp for plan in plans for cp in plan.update.checkpoints])
-            return WriteResult(result.written, len(records) - result.written)
+            conflicts.update(result.conflicts)
+            planned = {r.record_id for plan in plans for r in plan.records}
+            skipped = {rid for rid in first if rid not in planned and rid not in rejected and rid not in conflicts}
+            duplicates = len(records) - result.written - len(rejected) - conflicting_copies - len(result.conflicts)
+            return WriteResult(
+                result.written, duplicates, rejected, conflicts, frozenset(skipped | result.duplicate_ids)
+            )
+
+    def _store(self, plans) -> WriteResult:
+        sealed = [r for plan in plans for r in plan.records]
+        try:
+            return self.store.write(
+                sealed, [plan.update for plan in plans],
+                expected={plan.update.log_id: _stored_base(plan.base) for plan in plans},
+            )
+        except (FencedError, ForkError) as exc:
+            # Another writer's state (or nodes) is in the store: what this process cached
+            # of these logs is stale. Reload them on the next attempt, which, if the
+            # partitions were revoked meanwhile, `forget` turns into skipping them.
+            for plan in plans:
+                self._sequencers.pop(plan.update.log_id, None)
+            log.warning("batch not sequenced, its logs will be reloaded: %s", exc)
+            raise
 
     def _committed(self, position: tuple[str | None, int | None] | None) -> bool:
         if position is None:

@@ -7,12 +7,18 @@ so a stock collector can stand in for our gateway.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
 from aitrail.schemas.record import KafkaPosition
+
+
+# Headers of a dead letter that say why it was set aside, on both buses (Kafka: message
+# headers of the dead-letter topic; embedded: the message handed to the dead-letter sink).
+OUTCOME_HEADER = "aitrail-dlq-outcome"  # invalid (the message), rejected or conflict (one record of it)
+RECORD_HEADER = "aitrail-dlq-record-id"  # the record refused, for `rejected` and `conflict`
 
 
 class Signal(StrEnum):
@@ -48,8 +54,9 @@ class Batch(Protocol):
         this the messages are never delivered again to this consumer group."""
         ...
 
-    async def dead_letter(self, message: BusMessage, reason: str) -> None:
-        """Set `message` aside with the reason; it must be durable before this returns."""
+    async def dead_letter(self, message: BusMessage, reason: str, headers: Mapping[str, str] | None = None) -> None:
+        """Set `message` aside with the reason (and `headers`, e.g. `OUTCOME_HEADER`); it must
+        be durable before this returns."""
         ...
 
     @property

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -31,7 +31,7 @@ from aitrail.errors import Fatal, PayloadTooLarge, Unavailable
 from aitrail.schemas.record import KafkaPosition
 from aitrail.settings import KafkaSettings
 
-from .base import BusMessage, Encoding, Signal
+from .base import OUTCOME_HEADER, RECORD_HEADER, BusMessage, Encoding, Signal  # noqa: F401  (dead-letter headers, re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,9 @@ REASON_HEADER = "aitrail-dlq-reason"
 TRUNCATED_HEADER = "aitrail-dlq-truncated"
 SHA256_HEADER = "aitrail-dlq-payload-sha256"
 SIZE_HEADER = "aitrail-dlq-payload-bytes"
+SOURCE_TOPIC_HEADER = "aitrail-source-topic"
+SOURCE_PARTITION_HEADER = "aitrail-source-partition"
+SOURCE_OFFSET_HEADER = "aitrail-source-offset"
 
 # The spans topic holds the gateway's largest message plus framing; the dead-letter topic holds
 # any spans message plus the reason and source-position headers the collector adds.
@@ -164,8 +167,8 @@ class KafkaBatch:
     async def ack(self) -> None:
         await self._bus._commit(self._next)
 
-    async def dead_letter(self, message: BusMessage, reason: str) -> None:
-        await self._bus._dead_letter(message, reason)
+    async def dead_letter(self, message: BusMessage, reason: str, headers: Mapping[str, str] | None = None) -> None:
+        await self._bus._dead_letter(message, reason, headers)
 
     @property
     def stale(self) -> bool:
@@ -313,19 +316,19 @@ class KafkaBus:
         except (KafkaError, TimeoutError) as exc:
             raise Unavailable(f"Kafka did not acknowledge the data: {type(exc).__name__}: {exc}") from exc
 
-    async def _dead_letter(self, message: BusMessage, reason: str) -> None:
+    async def _dead_letter(self, message: BusMessage, reason: str, extra: Mapping[str, str] | None = None) -> None:
         """Durable before it returns: the offset is committed after it. Too big for the
         dead-letter topic → truncated with hash and size; a broker that is away → retried with
         back-off (the partition waits, as it does for the store); an error no retry can fix
         (authorisation, a missing or invalid topic) → `Fatal`, and the collector stops."""
         producer = self._dlq_producer or self._producer
         assert producer is not None, "dead letters need a producer"
-        headers = dict(message.headers)
+        headers = {**message.headers, **(extra or {})}
         headers[REASON_HEADER] = reason
         if message.position is not None:
-            headers["aitrail-source-topic"] = message.position.topic
-            headers["aitrail-source-partition"] = str(message.position.partition)
-            headers["aitrail-source-offset"] = str(message.position.offset)
+            headers[SOURCE_TOPIC_HEADER] = message.position.topic
+            headers[SOURCE_PARTITION_HEADER] = str(message.position.partition)
+            headers[SOURCE_OFFSET_HEADER] = str(message.position.offset)
         limit = self._dlq_limit if producer is self._dlq_producer else self.settings.max_message_bytes
         delay = 0.5
         while True:

@@ -7,8 +7,8 @@ sender gets its 2xx only for data on disk, as with Kafka's acks=all.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 from aitrail.errors import Unavailable
 
@@ -46,7 +46,10 @@ class LocalBatch:
     async def resume(self) -> None:
         """See `pause`."""
 
-    async def dead_letter(self, message: BusMessage, reason: str) -> None:
+    async def dead_letter(self, message: BusMessage, reason: str, headers: Mapping[str, str] | None = None) -> None:
+        """The sink gets the message with `headers` added to its own."""
+        if headers:
+            message = replace(message, headers={**message.headers, **headers})
         await self._sink(message, reason)
 
     async def fail(self, error: BaseException) -> None:

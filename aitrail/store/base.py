@@ -17,15 +17,89 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Protocol
 
-from aitrail.errors import Unavailable
+from aitrail.errors import InvalidInput, Unavailable
 from aitrail.integrity.sequencer import LogState, LogUpdate, SignedCheckpoint
 from aitrail.schemas.record import AuditRecord
+
+
+class Outcome(StrEnum):
+    """What a write did with one record."""
+
+    STORED = "stored"  # new, now durable
+    DUPLICATE = "duplicate"  # already stored with this record_id and the same content: success, nothing changed
+    REJECTED = "rejected"  # the store refuses to hold it (its reason in `WriteResult.rejected`): dead-letter it
+    CONFLICT = "conflict"  # this record_id is stored with other content: dead-letter it, never a silent success
+    # A retriable failure is not an outcome of one record: the write raises a retriable
+    # `AitrailError` and the whole batch is written again.
 
 
 @dataclass(frozen=True)
 class WriteResult:
     written: int
-    duplicates: int  # already stored with the same record_id: success, nothing changed
+    duplicates: int  # already stored with the same record_id and the same content
+    # Records not stored, by record_id, with the store's reason.
+    rejected: Mapping[str, str] = field(default_factory=dict)
+    conflicts: Mapping[str, str] = field(default_factory=dict)
+    # Which records were duplicates (not compared: the counts say how many).
+    duplicate_ids: frozenset[str] = field(default_factory=frozenset, compare=False)
+
+    def outcome(self, record_id: str) -> Outcome:
+        """The outcome of one record of the batch written. A record id given twice in one batch
+        is the outcome of its first copy; a later copy with other content is in `conflicts`."""
+        if record_id in self.rejected:
+            return Outcome.REJECTED
+        if record_id in self.conflicts:
+            return Outcome.CONFLICT
+        return Outcome.DUPLICATE if record_id in self.duplicate_ids else Outcome.STORED
+
+    @property
+    def refused(self) -> dict[str, tuple[Outcome, str]]:
+        """Every record not stored, by record_id: (REJECTED or CONFLICT, reason)."""
+        out = {rid: (Outcome.REJECTED, why) for rid, why in self.rejected.items()}
+        out.update({rid: (Outcome.CONFLICT, why) for rid, why in self.conflicts.items()})
+        return out
+
+
+class RecordsRejected(InvalidInput):
+    """The store refuses some records of a batch written with Merkle-log updates: they were
+    sealed into leaves they cannot occupy, so nothing of the batch is kept (SQLite: the
+    transaction rolled back; OpenSearch: the records this write created withdrawn before any
+    log update). The sequencer plans the batch again without them."""
+
+    code = "rejected"
+
+    def __init__(self, rejected: Mapping[str, str], total: int) -> None:
+        super().__init__(
+            f"the store rejected {len(rejected)} of {total} records: "
+            + "; ".join(f"record {rid}: {why}" for rid, why in sorted(rejected.items()))
+        )
+        self.rejected = dict(rejected)
+
+
+# Fields a re-sent record may differ in and still be the same record: where and when this
+# ingestion happened, and what sealing added. Everything else is the record's content.
+_NOT_CONTENT = frozenset({
+    "ingested_at", "kafka", "collector_version", "cost",
+    "log_id", "leaf_index", "leaf_hash", "content_commitment", "content_salt",
+})
+
+
+def same_content(stored: AuditRecord, new: AuditRecord) -> bool:
+    """True when `new` (same record_id) is a re-send of `stored`: a duplicate. False is a
+    conflict. Ingestion provenance, sealing fields and the cost (priced at ingestion, from a
+    price table that may have changed) are not compared; a stored record whose content was
+    erased is the same record by definition (its subject's content is never stored again)."""
+    if stored.erased_at is not None:
+        return True
+    return stored.model_dump(mode="json", exclude=_NOT_CONTENT) == new.model_dump(mode="json", exclude=_NOT_CONTENT)
+
+
+def conflict_reason(stored: AuditRecord, new: AuditRecord) -> str:
+    """Which fields differ, for the dead letter of a conflicting record."""
+    a, b = stored.model_dump(mode="json", exclude=_NOT_CONTENT), new.model_dump(mode="json", exclude=_NOT_CONTENT)
+    fields = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    where = f" (sealed in {stored.log_id} at leaf {stored.leaf_index})" if stored.log_id is not None else ""
+    return f"record_id {new.record_id} is already stored{where} with other content: {', '.join(fields)} differ"
 
 
 @dataclass(frozen=True)
@@ -222,8 +296,20 @@ class RecordWriter(Protocol):
         """Store `records`, and with them the Merkle-log `updates` their sequencing produced
         (new log state, tree nodes, signed checkpoints). Returns only once all of it is
         durable (SQLite: one transaction, fully fsync'd; OpenSearch: the records' bulk
-        acknowledged first, then the updates). Idempotent: a record whose `record_id` is
-        already stored counts as a duplicate and is left untouched; nodes and checkpoints
+        acknowledged first, then the updates).
+
+        Per record, the result says (`WriteResult.outcome`): stored; duplicate (its
+        `record_id` is already stored with the same content, `same_content`: left untouched,
+        a success); conflict (stored with other content: left untouched, the new one is not
+        stored, `conflicts` says which fields differ); rejected (the store cannot hold it, a
+        value its schema refuses: not stored, `rejected` gives the store's reason). The
+        caller dead-letters conflicts and rejections and may then acknowledge the batch.
+        Without `updates`, a rejection does not stop the other records. With `updates` the
+        records are sealed, and a rejected one took a leaf it cannot fill: then nothing of
+        the batch is kept and `RecordsRejected` names every rejected record, so that the
+        sequencer plans the batch again without them.
+
+        Idempotent: nodes and checkpoints
         already stored with the same value are no-ops, and so is writing a state the log
         already has. A checkpoint stored for the same log and size with a different root, or
         (OpenSearch) a tree node stored with a different hash, is a fork: `ForkError` naming
@@ -238,6 +324,12 @@ class RecordWriter(Protocol):
 
         Raises a retriable `AitrailError` when the backend is unavailable; then nothing or
         only part of the batch may be stored, and writing the whole batch again is correct."""
+        ...
+
+    def records_by_id(self, record_ids: Sequence[str]) -> dict[str, AuditRecord]:
+        """The stored bodies of these record ids (any tenant; missing ones left out). Real
+        time, like `existing`; the sequencer compares a re-sent record with what is stored
+        (duplicate or conflict) before it takes a leaf."""
         ...
 
     def existing(self, record_ids: Sequence[str]) -> dict[str, tuple[str | None, int | None]]:

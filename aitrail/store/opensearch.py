@@ -65,9 +65,12 @@ from .base import (
     KeyInfo,
     Principal,
     RecordQuery,
+    RecordsRejected,
     Role,
     StoredRecord,
     WriteResult,
+    conflict_reason,
+    same_content,
     FencedError,
     state_to_write,
 )
@@ -512,32 +515,135 @@ class OpenSearchStore:
         return result
 
     def _write_records(self, records: Sequence[AuditRecord]) -> WriteResult:
+        """Bulk `create`; records OpenSearch refuses (per item of the bulk response) are
+        rejected. Sealed records (a batch with log updates) are all or nothing: on a
+        rejection, the records of this batch the write index holds beyond their log's
+        stored state (created now, or left by an earlier attempt at the same plan) are
+        withdrawn, so the sequencer can give their leaves to others."""
+        sealed = any(r.log_id is not None and r.leaf_index is not None for r in records)
         batch: dict[str, AuditRecord] = {}
+        later: list[AuditRecord] = []  # a second copy of an id in the same batch
         for record in records:
-            batch.setdefault(record.record_id, record)
+            if record.record_id in batch:
+                later.append(record)
+            else:
+                batch[record.record_id] = record
         # A record rolled into an older index is invisible to `create` in the write index.
         stored = self._stored_where(list(batch))
         created, conflicts, retry, rejected = self._create([r for rid, r in batch.items() if rid not in stored])
         stored.update(conflicts)
-        # Answers of new records from this batch; those of duplicates from what is stored
-        # (a no-op unless an earlier write stopped between the two bulks).
-        fragments = [_answer_doc(r) for r in created if _is_answer(r)]
-        fragments += self._stored_answer_docs({rid: i for rid, i in stored.items() if _is_answer(batch[rid])})
-        answer_retry, answer_rejected = self._merge_answers(fragments)
-        retry += answer_retry
-        rejected.update(answer_rejected)
         if retry:
             raise Unavailable(
                 f"OpenSearch did not store {len(retry)} of {len(records)} records, retry the batch: {retry[0]}"
             )
-        if rejected:
-            error = InvalidInput(
-                f"OpenSearch rejected {len(rejected)} of {len(records)} records: "
-                + "; ".join(f"record {rid}: {why}" for rid, why in sorted(rejected.items()))
+        bodies = self._bodies(stored)
+        duplicates: list[str] = []
+        conflicting: dict[str, str] = {}
+        for rid, where in stored.items():
+            body = bodies.get(rid, f"record_id {rid} is stored in {where} but could not be read back")
+            if isinstance(body, str):
+                conflicting[rid] = body
+            elif same_content(body, batch[rid]):
+                duplicates.append(rid)
+            else:
+                conflicting[rid] = conflict_reason(body, batch[rid])
+        for record in later:
+            rid = record.record_id
+            if rid in rejected or rid in conflicting:
+                continue
+            if same_content(batch[rid], record):
+                duplicates.append(rid)
+            else:
+                conflicting[rid] = conflict_reason(batch[rid], record)
+        if rejected and sealed:
+            self._withdraw(created, [batch[rid] for rid in duplicates if rid in stored], bodies, stored)
+            raise RecordsRejected(rejected, len(records))
+        # Answers of new records from this batch; those of duplicates from what is stored
+        # (a no-op unless an earlier write stopped between the two bulks).
+        fragments = [_answer_doc(r) for r in created if _is_answer(r)]
+        fragments += [
+            _answer_doc(bodies[rid]) for rid in dict.fromkeys(duplicates) if rid in stored and _is_answer(bodies[rid])
+        ]
+        answer_retry, answer_rejected = self._merge_answers(fragments)
+        if answer_retry:
+            raise Unavailable(
+                f"OpenSearch did not index {len(answer_retry)} answers, retry the batch: {answer_retry[0]}"
             )
-            error.rejected = rejected  # type: ignore[attr-defined]  # record id -> reason
-            raise error
-        return WriteResult(len(created), len(records) - len(created))
+        if answer_rejected:
+            # The record is stored but cannot be found as an answer: it is not kept.
+            if sealed:
+                self._withdraw(created, [batch[rid] for rid in duplicates if rid in stored], bodies, stored)
+                raise RecordsRejected(answer_rejected, len(records))
+            self._withdraw([r for r in created if r.record_id in answer_rejected], [], {}, {})
+            rejected.update(answer_rejected)
+            created = [r for r in created if r.record_id not in answer_rejected]
+        return WriteResult(len(created), len(duplicates), rejected, conflicting, frozenset(duplicates))
+
+    def _withdraw(
+        self,
+        created: list[AuditRecord],
+        left: list[AuditRecord],
+        bodies: Mapping[str, AuditRecord | str],
+        where: Mapping[str, str],
+    ) -> None:
+        """Delete what this write created, and the records `left` by an earlier attempt at the
+        same plan, but only where the stored body sits beyond its log's stored state (a
+        leaf no state covers): a record its log covers is never deleted."""
+        targets = [(self.write_alias, r.record_id) for r in created]
+        sizes: dict[str, int] = {}
+        for record in left:
+            body = bodies.get(record.record_id)
+            if isinstance(body, AuditRecord) and body.log_id is not None and body.leaf_index is not None:
+                if body.log_id not in sizes:
+                    state = self.log_state(body.log_id)
+                    sizes[body.log_id] = state.size if state is not None else 0
+                if body.leaf_index >= sizes[body.log_id]:
+                    targets.append((where[record.record_id], record.record_id))
+        if not targets:
+            return
+        lines = b"\n".join(orjson.dumps({"delete": {"_index": index, "_id": rid}}) for index, rid in targets) + b"\n"
+        with self._calling("withdrawing the records of a refused batch"):
+            response = self._client.bulk(
+                body=lines, params={"filter_path": "errors,items.*.status,items.*.error"}, **self._refresh_param()
+            )
+        for item in response.get("items", []) if response.get("errors") else []:
+            result = item["delete"]
+            if result["status"] not in (200, 404):
+                raise Unavailable(
+                    f"OpenSearch did not withdraw a record of a refused batch: {result['status']} "
+                    f"{_reason(result.get('error'))}; the batch is written again"
+                )
+        log.info("withdrew %d record(s) of a batch the store partly refused, to sequence it again", len(targets))
+
+    def _bodies(self, where: Mapping[str, str]) -> dict[str, AuditRecord | str]:
+        """Stored bodies by record id (`where`: record id -> index); one that does not parse
+        as its reason (a string), so it is never taken as a duplicate."""
+        out: dict[str, AuditRecord | str] = {}
+        items = list(where.items())
+        for first in range(0, len(items), _PAGE):
+            docs = [{"_index": index, "_id": rid} for rid, index in items[first : first + _PAGE]]
+            with self._calling("reading stored records", client_error=InvalidInput):
+                response = self._client.mget(body={"docs": docs}, params={"filter_path": "docs._id,docs._source,docs.found"})
+            for d in response.get("docs", []):
+                if not d.get("found"):
+                    continue
+                try:
+                    out[d["_id"]] = AuditRecord.model_validate(d["_source"])
+                except ValueError as exc:
+                    out[d["_id"]] = f"record_id {d['_id']} is stored but its body does not parse: {exc}"
+        return out
+
+    def records_by_id(self, record_ids: Sequence[str]) -> dict[str, AuditRecord]:
+        ids = list(set(record_ids))
+        if not ids:
+            return {}
+        where = self._stored_where(ids)
+        rest = [i for i in ids if i not in where]
+        if rest:
+            with self._calling("checking for stored records", client_error=InvalidInput):
+                index = self._write_index()
+            where.update({rid: index for rid in rest})
+        return {rid: body for rid, body in self._bodies(where).items() if isinstance(body, AuditRecord)}
 
     def existing(self, record_ids: Sequence[str]) -> dict[str, tuple[str | None, int | None]]:
         """Real time: searchable records in any index, plus an `mget` on the write index for
@@ -588,12 +694,21 @@ class OpenSearchStore:
     ) -> tuple[list[AuditRecord], dict[str, str], list[str], dict[str, str]]:
         """Bulk `create` into the write alias: (created, conflicts id -> index, retriable
         failures, rejected id -> reason)."""
-        if not records:
-            return [], {}, [], {}
         lines: list[bytes] = []
+        unencodable: dict[str, str] = {}
+        sendable: list[AuditRecord] = []
         for record in records:
+            try:
+                body = canonical_json(record)
+            except (TypeError, ValueError, OverflowError) as exc:  # orjson: JSONEncodeError is a TypeError
+                unencodable[record.record_id] = f"the record cannot be encoded: {type(exc).__name__}: {exc}"
+                continue
             lines.append(orjson.dumps({"create": {"_id": record.record_id}}))
-            lines.append(canonical_json(record))
+            lines.append(body)
+            sendable.append(record)
+        if not sendable:
+            return [], {}, [], unencodable
+        records = sendable
         with self._calling("writing records", client_error=InvalidInput):
             response = self._client.bulk(
                 body=b"\n".join(lines) + b"\n",
@@ -603,8 +718,8 @@ class OpenSearchStore:
                 **self._refresh_param(),
             )
         if not response.get("errors"):
-            return records, {}, [], {}
-        created, conflicts, retry, rejected = [], {}, [], {}
+            return records, {}, [], unencodable
+        created, conflicts, retry, rejected = [], {}, [], unencodable
         for record, item in zip(records, response["items"], strict=True):
             result = item["create"]
             status = result["status"]
@@ -617,16 +732,6 @@ class OpenSearchStore:
             else:
                 rejected[record.record_id] = _reason(result.get("error"))
         return created, conflicts, retry, rejected
-
-    def _stored_answer_docs(self, where: dict[str, str]) -> list[dict[str, Any]]:
-        if not where:
-            return []
-        docs = [{"_index": index, "_id": rid} for rid, index in where.items()]
-        with self._calling("reading stored completions", client_error=InvalidInput):
-            response = self._client.mget(body={"docs": docs}, params={"filter_path": "docs._source,docs.found"})
-        return [
-            _answer_doc(AuditRecord.model_validate(d["_source"])) for d in response.get("docs", []) if d.get("found")
-        ]
 
     def _merge_answers(self, fragments: list[dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
         if not fragments:

@@ -38,11 +38,14 @@ from .base import (
     DerivedRow,
     FullTextIndex,
     RecordQuery,
+    RecordsRejected,
     KeyInfo,
     Principal,
     Role,
     StoredRecord,
     WriteResult,
+    conflict_reason,
+    same_content,
     state_to_write,
 )
 from .keys import hash_key, new_key
@@ -229,6 +232,46 @@ def _from_e10(value: int) -> Decimal:
     return Decimal(f"{'-' if value < 0 else ''}{whole}.{fraction:010d}")
 
 
+@dataclass(frozen=True)
+class _Rows:
+    """What one record adds to the tables, encoded before anything is inserted."""
+
+    record: tuple
+    answer: tuple | None
+    documents: list[tuple]
+    feedback: tuple | None
+
+
+# What SQLite raises for a value it will not hold (as opposed to OperationalError: the disk).
+_REFUSED = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError, OverflowError)
+
+
+def _rows(r: AuditRecord) -> _Rows:
+    return _Rows(
+        record=(r.record_id, r.tenant, r.kind, r.origin, r.trace_id, r.span_id, r.start_time, r.log_id,
+                r.leaf_index, canonical_json(r)),
+        answer=_answer_row(r) if r.kind == Kind.COMPLETION and r.trace_id and r.span_id else None,
+        documents=[
+            (r.tenant, r.trace_id, r.record_id, d.doc_id, json.dumps(sorted(d.acl_tags)))
+            for d in (r.documents if r.kind == Kind.RETRIEVAL and r.trace_id else ())
+        ],
+        feedback=(r.tenant, r.trace_id, r.score) if r.kind == Kind.FEEDBACK and r.trace_id else None,
+    )
+
+
+def _insert_rows(conn: sqlite3.Connection, rows: list[_Rows]) -> None:
+    conn.executemany(_INSERT_RECORD, [row.record for row in rows])
+    conn.executemany(_UPSERT_ANSWER, [row.answer for row in rows if row.answer is not None])
+    conn.executemany(
+        "INSERT INTO retrieved_docs (tenant, trace_id, record_id, doc_id, acl_tags) VALUES (?, ?, ?, ?, ?)",
+        [doc for row in rows for doc in row.documents],
+    )
+    conn.executemany(
+        "INSERT INTO feedback (tenant, trace_id, score) VALUES (?, ?, ?)",
+        [row.feedback for row in rows if row.feedback is not None],
+    )
+
+
 def _layout(conn: sqlite3.Connection) -> dict[tuple[str, str], str]:
     """(type, name) -> declaration of every index, trigger, view and table of the main
     schema (SQLite's own objects left out)."""
@@ -343,6 +386,10 @@ class SqliteStore:
         *,
         expected: Mapping[str, LogState | None] | None = None,
     ) -> WriteResult:
+        """One transaction. A record SQLite refuses (a value it cannot bind, such as an
+        integer beyond 64 bits, or a body that cannot be encoded) is found by inserting the
+        batch again one record at a time under savepoints; with `updates`, any rejection
+        rolls the whole transaction back (`RecordsRejected`)."""
         if not records and not updates:
             return WriteResult(0, 0)
         try:
@@ -350,35 +397,87 @@ class SqliteStore:
                 for update in updates:  # compare-and-set: the transaction holds the write lock
                     stored = self.log_state(update.log_id, conn)
                     state_to_write(update.log_id, stored, update.state, expected or {})
-                fresh = self._fresh(conn, records)
-                conn.executemany(
-                    _INSERT_RECORD,
-                    [
-                        (r.record_id, r.tenant, r.kind, r.origin, r.trace_id, r.span_id, r.start_time, r.log_id,
-                         r.leaf_index, canonical_json(r))
-                        for r in fresh
-                    ],
-                )
-                conn.executemany(
-                    _UPSERT_ANSWER,
-                    [_answer_row(r) for r in fresh if r.kind == Kind.COMPLETION and r.trace_id and r.span_id],
-                )
-                conn.executemany(
-                    "INSERT INTO retrieved_docs (tenant, trace_id, record_id, doc_id, acl_tags) VALUES (?, ?, ?, ?, ?)",
-                    [
-                        (r.tenant, r.trace_id, r.record_id, d.doc_id, json.dumps(sorted(d.acl_tags)))
-                        for r in fresh if r.kind == Kind.RETRIEVAL and r.trace_id for d in r.documents
-                    ],
-                )
-                conn.executemany(
-                    "INSERT INTO feedback (tenant, trace_id, score) VALUES (?, ?, ?)",
-                    [(r.tenant, r.trace_id, r.score) for r in fresh if r.kind == Kind.FEEDBACK and r.trace_id],
-                )
+                fresh, duplicates, conflicts = self._classify(conn, records)
+                rows, rejected = [], {}
+                for record in fresh:
+                    try:
+                        rows.append(_rows(record))
+                    except (TypeError, ValueError, OverflowError) as exc:  # orjson: JSONEncodeError is a TypeError
+                        rejected[record.record_id] = f"SQLite cannot hold the record: {type(exc).__name__}: {exc}"
+                written = self._insert_admissible(conn, rows, rejected)
+                if rejected and updates:
+                    raise RecordsRejected(rejected, len(records))
                 for update in updates:
                     self._apply(conn, update)
         except sqlite3.OperationalError as exc:  # disk full, locked past the timeout, I/O error
             raise Unavailable(f"SQLite store {self.path} could not write: {exc}") from exc
-        return WriteResult(len(fresh), len(records) - len(fresh))
+        return WriteResult(written, len(duplicates), rejected, conflicts, frozenset(duplicates))
+
+    def _insert_admissible(self, conn: sqlite3.Connection, rows: list[_Rows], rejected: dict[str, str]) -> int:
+        """Insert the rows; when SQLite refuses the batch, again one record at a time, and
+        the refused ones go to `rejected`. Returns how many were inserted."""
+        conn.execute("SAVEPOINT batch")
+        try:
+            _insert_rows(conn, rows)
+            conn.execute("RELEASE batch")
+            return len(rows)
+        except _REFUSED:
+            conn.execute("ROLLBACK TO batch")
+            conn.execute("RELEASE batch")
+        inserted = 0
+        for row in rows:
+            conn.execute("SAVEPOINT one")
+            try:
+                _insert_rows(conn, [row])
+            except _REFUSED as exc:
+                conn.execute("ROLLBACK TO one")
+                rejected[row.record[0]] = f"SQLite refused the record: {type(exc).__name__}: {exc}"
+            else:
+                inserted += 1
+            conn.execute("RELEASE one")
+        return inserted
+
+    def _classify(
+        self, conn: sqlite3.Connection, records: Sequence[AuditRecord]
+    ) -> tuple[list[AuditRecord], list[str], dict[str, str]]:
+        """(records not stored yet, each once; ids of the duplicate copies; conflicts id -> reason)."""
+        ids = list({r.record_id for r in records})
+        stored = self._bodies(conn, ids) if ids else {}
+        fresh: list[AuditRecord] = []
+        first: dict[str, AuditRecord] = {}
+        duplicates: list[str] = []
+        conflicts: dict[str, str] = {}
+        for record in records:
+            rid = record.record_id
+            earlier = stored.get(rid) or first.get(rid)
+            if earlier is None:
+                first[rid] = record
+                fresh.append(record)
+            elif isinstance(earlier, str):
+                conflicts[rid] = earlier
+            elif same_content(earlier, record):
+                duplicates.append(rid)
+            else:
+                conflicts[rid] = conflict_reason(earlier, record)
+        return fresh, duplicates, conflicts
+
+    @staticmethod
+    def _bodies(conn: sqlite3.Connection, ids: list[str]) -> dict[str, AuditRecord | str]:
+        """Stored bodies by record id; a body that does not parse as its reason (a string)."""
+        out: dict[str, AuditRecord | str] = {}
+        for first in range(0, len(ids), 500):
+            chunk = ids[first : first + 500]
+            marks = ", ".join("?" * len(chunk))
+            for record_id, body in conn.execute(f"SELECT record_id, body FROM records WHERE record_id IN ({marks})", chunk):
+                try:
+                    out[record_id] = record_from_json(body)
+                except Exception as exc:  # an altered row: never silently taken as a duplicate
+                    out[record_id] = f"record_id {record_id} is stored but its body does not parse ({type(exc).__name__})"
+        return out
+
+    def records_by_id(self, record_ids: Sequence[str]) -> dict[str, AuditRecord]:
+        found = self._bodies(self._conn(), list(set(record_ids)))
+        return {rid: body for rid, body in found.items() if not isinstance(body, str)}
 
     @staticmethod
     def _apply(conn: sqlite3.Connection, update: LogUpdate) -> None:
@@ -412,26 +511,6 @@ class SqliteStore:
             ):
                 found[record_id] = (log_id, leaf_index)
         return found
-
-    @staticmethod
-    def _stored(conn: sqlite3.Connection, ids: list[str]) -> set[str]:
-        stored: set[str] = set()
-        for first in range(0, len(ids), 500):
-            chunk = ids[first : first + 500]
-            marks = ", ".join("?" * len(chunk))
-            stored.update(row[0] for row in conn.execute(f"SELECT record_id FROM records WHERE record_id IN ({marks})", chunk))
-        return stored
-
-    @staticmethod
-    def _fresh(conn: sqlite3.Connection, records: Sequence[AuditRecord]) -> list[AuditRecord]:
-        """The records not stored yet, each once."""
-        stored = SqliteStore._stored(conn, list({r.record_id for r in records}))
-        fresh = []
-        for record in records:
-            if record.record_id not in stored:
-                stored.add(record.record_id)
-                fresh.append(record)
-        return fresh
 
     # -- RecordReader -------------------------------------------------------------------
 

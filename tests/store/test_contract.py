@@ -8,7 +8,9 @@ import pytest
 
 from aitrail.errors import BadRequest
 from aitrail.schemas.canonical import canonical_json
-from aitrail.store.base import AnswerQuery, CostQuery, Role
+from aitrail.integrity.note import Signer
+from aitrail.integrity.sequencer import LogSequencer, new_log
+from aitrail.store.base import AnswerQuery, CostQuery, Outcome, RecordsRejected, Role
 from tests.factories import completion, iso, retrieval
 
 
@@ -17,8 +19,67 @@ def test_write_is_idempotent_and_append_only(store):
     assert store.write([record]).written == 1
     altered = record.model_copy(update={"answer": "Refunds are never possible."})
     result = store.write([record, altered])
-    assert (result.written, result.duplicates) == (0, 2)
+    assert (result.written, result.duplicates) == (0, 1)
+    assert list(result.conflicts) == [record.record_id]  # same id, other content: never a silent success
+    assert "answer differ" in result.conflicts[record.record_id]
     assert canonical_json(store.get("acme", record.record_id)) == canonical_json(record)
+
+
+def test_a_resent_record_is_a_duplicate_whatever_its_ingestion(store):
+    record = completion(trace=1, ingested_at="2026-11-24T07:30:01.000000000Z")
+    assert store.write([record]).outcome(record.record_id) == Outcome.STORED
+    resent = record.model_copy(update={
+        "ingested_at": "2026-11-24T08:00:00.000000000Z", "kafka": {"topic": "t", "partition": 1, "offset": 9},
+        "collector_version": "9.9",
+    })
+    result = store.write([resent])
+    assert (result.written, result.duplicates, result.conflicts, result.rejected) == (0, 1, {}, {})
+    assert result.outcome(record.record_id) == Outcome.DUPLICATE
+    assert store.get("acme", record.record_id) == record  # not stored twice, the first copy kept
+
+
+def test_a_record_the_store_refuses_is_rejected_and_the_others_stored(store):
+    """A completion claiming 2^63 input tokens: beyond SQLite's INTEGER and OpenSearch's long."""
+    first, bad, last = completion(trace=1), completion(trace=2, input_tokens=2**63), completion(trace=3)
+    result = store.write([first, bad, last])
+    assert (result.written, result.duplicates) == (2, 0)
+    assert list(result.rejected) == [bad.record_id] and result.rejected[bad.record_id]
+    assert [result.outcome(r.record_id) for r in (first, bad, last)] == [Outcome.STORED, Outcome.REJECTED, Outcome.STORED]
+    assert store.get("acme", bad.record_id) is None
+    assert store.get("acme", first.record_id) == first and store.get("acme", last.record_id) == last
+    assert store.search_answers(AnswerQuery(tenant="acme")).count == 2
+
+
+def test_a_record_that_cannot_be_encoded_is_rejected_not_the_batch(store):
+    """A lone surrogate (a string no UTF-8 can carry) fails the record's canonical JSON."""
+    good, bad = completion(trace=1), completion(trace=2, answer="half a pair: \ud800")
+    result = store.write([bad, good])
+    assert result.written == 1 and list(result.rejected) == [bad.record_id]
+    assert "surrogates not allowed" in result.rejected[bad.record_id]
+    assert store.get("acme", good.record_id) == good and store.get("acme", bad.record_id) is None
+
+
+def test_a_sealed_batch_with_a_rejected_record_keeps_nothing(store):
+    """A rejected record was given a leaf: nothing of the batch, nor its log update, is kept,
+    so the sequencer can plan the others again."""
+    log_id = "acme/local"
+    records = [completion(trace=1), completion(trace=2, input_tokens=2**63), completion(trace=3)]
+    plan = LogSequencer(new_log(log_id, "o/" + log_id), Signer.generate("o"), checkpoint_every=1).plan(
+        records, lambda r: b"k" * 32
+    )
+    with pytest.raises(RecordsRejected) as caught:
+        store.write(plan.records, [plan.update], expected={log_id: None})
+    assert list(caught.value.rejected) == [records[1].record_id] and caught.value.retriable is False
+    assert store.existing([r.record_id for r in records]) == {}
+    assert store.log_state(log_id) is None and store.checkpoints(log_id) == []
+
+
+def test_records_by_id_reads_stored_bodies_of_any_tenant(store):
+    acme, globex = completion("acme", trace=1), completion("globex", trace=2)
+    store.write([acme, globex])
+    assert store.records_by_id([acme.record_id, globex.record_id, "0" * 32]) == {
+        acme.record_id: acme, globex.record_id: globex,
+    }
 
 
 def test_get_round_trips_every_field(store):

@@ -8,14 +8,14 @@ from decimal import Decimal
 
 import pytest
 
-from aitrail.errors import InvalidInput, Unavailable
+from aitrail.errors import Unavailable
 from aitrail.integrity.note import Signer
 from aitrail.integrity.sequencer import ForkError, LogSequencer, LogUpdate, new_log
 from aitrail.integrity.verify import verify_log
 from aitrail.schemas.generate import index_template
 from aitrail.schemas.record import AuditRecord
 from aitrail.settings import OpenSearchSettings
-from aitrail.store.base import AnswerQuery, CostQuery, RecordQuery, Role, WriteResult
+from aitrail.store.base import AnswerQuery, CostQuery, Outcome, RecordQuery, RecordsRejected, Role, WriteResult
 from aitrail.store.keys import hash_key
 from aitrail.store.opensearch import OpenSearchStore, answer_id
 from tests.conftest import _opensearch
@@ -128,15 +128,37 @@ def test_existing_id_counts_as_duplicate_in_every_index(os_store):
     assert os_store.count() == 3
 
 
-def test_mapping_rejected_record_raises_invalid_input_naming_it(os_store):
+def test_a_record_the_mapping_refuses_is_rejected_and_the_rest_stored(os_store):
     good, bad = completion(trace=1), retrieval(trace=2, start_time="last tuesday")
-    with pytest.raises(InvalidInput) as caught:
-        os_store.write([good, bad])
-    assert caught.value.retriable is False
-    assert bad.record_id in caught.value.message and "start_time" in caught.value.message
-    assert list(caught.value.rejected) == [bad.record_id]
+    result = os_store.write([good, bad])
+    assert (result.written, result.duplicates) == (1, 0)
+    assert list(result.rejected) == [bad.record_id] and "start_time" in result.rejected[bad.record_id]
+    assert result.outcome(bad.record_id) == Outcome.REJECTED and result.outcome(good.record_id) == Outcome.STORED
+    assert os_store.get("acme", bad.record_id) is None
     assert os_store.get("acme", good.record_id) == good  # the rest of the batch is stored
     assert os_store.search_answers(AnswerQuery(tenant="acme")).count == 1
+
+
+def test_a_start_time_beyond_date_nanos_is_rejected_by_opensearch_itself(os_store):
+    """date_nanos ends in 2262: a span claiming the year 2300 is a value OpenSearch cannot index."""
+    good, late = completion(trace=1), completion(trace=2, time="2300-01-01T00:00:00.000000000Z")
+    result = os_store.write([good, late])
+    assert result.written == 1 and list(result.rejected) == [late.record_id]
+    assert "start_time" in result.rejected[late.record_id]
+    assert os_store.existing([good.record_id, late.record_id]).keys() == {good.record_id}
+
+
+def test_a_rejection_in_a_sealed_batch_withdraws_what_the_write_created(os_store):
+    log_id = "acme/t.spans.0"
+    records = [completion(trace=1), completion(trace=2, time="2300-01-01T00:00:00.000000000Z"), completion(trace=3)]
+    plan = LogSequencer(new_log(log_id, "o/" + log_id), Signer.generate("o"), checkpoint_every=2).plan(
+        records, lambda r: b"k" * 32
+    )
+    with pytest.raises(RecordsRejected) as caught:
+        os_store.write(plan.records, [plan.update], expected={log_id: None})
+    assert list(caught.value.rejected) == [records[1].record_id]
+    assert os_store.existing([r.record_id for r in records]) == {}  # the others withdrawn: their leaves are free
+    assert os_store.log_state(log_id) is None and os_store.checkpoints(log_id) == []
 
 
 def test_unreachable_cluster_is_retriable():
@@ -178,9 +200,13 @@ def test_replay_repairs_an_answer_lost_between_the_two_bulks(os_store):
     client = os_store._client
     client.delete(index=os_store.answers_index, id=answer_id("acme", record.trace_id, record.span_id), refresh=True)
     assert os_store.search_answers(AnswerQuery(tenant="acme")).count == 0
-    assert os_store.write([record.model_copy(update={"answer": "altered"})]).duplicates == 1
+    altered = os_store.write([record.model_copy(update={"answer": "altered"})])
+    assert list(altered.conflicts) == [record.record_id] and "answer" in altered.conflicts[record.record_id]
+    assert os_store.search_answers(AnswerQuery(tenant="acme")).count == 0  # a conflict repairs nothing
+    resent = record.model_copy(update={"ingested_at": "2026-11-25T00:00:00.000000000Z"})  # the same span again
+    assert os_store.write([resent]).duplicates == 1
     (answer,) = os_store.search_answers(AnswerQuery(tenant="acme")).answers
-    assert answer.answer == record.answer  # rebuilt from the stored record, not the replayed copy
+    assert answer.answer == record.answer  # rebuilt from the stored record
     doc = client.get(index=os_store.answers_index, id=answer_id("acme", record.trace_id, record.span_id))
     assert doc["_source"]["fragments"] == [record.record_id]
     assert os_store.write([record]).duplicates == 1
