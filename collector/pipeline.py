@@ -29,6 +29,7 @@ from aitrail.otlp import decode_logs, decode_traces
 from aitrail.store.base import RecordWriter, WriteResult
 from aitrail.tenancy import check_tenant
 
+from .context import inherit_context, reader_behind
 from .normalise import SpansRefused, normalise_logs, normalise_traces
 
 log = logging.getLogger(__name__)

@@ -8,6 +8,7 @@ from aitrail.integrity import leaf
 from aitrail.schemas.canonical import record_to_dict
 from aitrail.schemas.record import AuditRecord, Kind, Origin
 from aitrail.store.base import Role
+from aitrail.store.context import INHERITED, SYSTEM_KINDS, SpanContext, TraceTree
 
 # What an analyst may not read: the words people and models exchanged, which is exactly what a
 # Merkle leaf commits to as content (and erasure removes): the same list, never a copy of it.
@@ -127,3 +128,27 @@ def only_visible(view: dict[str, Any], tags: tuple[str, ...]) -> dict[str, Any]:
     shown = [d for d in documents if admits(d.get("acl_tags") or [], tags)]
     return {**view, "documents": shown, "documents_hidden": len(documents) - len(shown)}
 
+
+def with_inherited_context(views: list[dict[str, Any]], records: list[AuditRecord]) -> list[dict[str, Any]]:
+    """Each view's user / session / conversation that its span did not set but an ancestor
+    span did, under `inherited`: `{field: {"value", "span_id", "resolved"}}` with the
+    ancestor's span id, `resolved` "ingest" (the sealed record carries it: `context_from`) or
+    "query" (the ancestor was sealed after this record, so only this reading joins them; the
+    record's own fields stay as sealed)."""
+    tree = TraceTree(SpanContext.of(r) for r in records if r.trace_id and r.kind not in SYSTEM_KINDS)
+    for view in views:
+        found: dict[str, dict[str, str]] = {}
+        sources = view.get("context_from") or {}
+        for field, span_id in sources.items():
+            if view.get(field) is not None:
+                found[field] = {"value": view[field], "span_id": span_id, "resolved": "ingest"}
+        if view.get("span_id") and view.get("trace_id") and view.get("kind") not in SYSTEM_KINDS:
+            context = SpanContext.from_fields(
+                view.get("tenant", ""), view["trace_id"], view["span_id"], view.get("parent_span_id"),
+                view.get("record_id", ""), view.get("origin", Origin.SPAN), [view.get(f) for f in INHERITED], sources,
+            )
+            for field, inherited in tree.resolve(context).items():
+                found[field] = {"value": inherited.value, "span_id": inherited.source, "resolved": "query"}
+        if found:
+            view["inherited"] = found
+    return views

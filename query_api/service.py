@@ -14,7 +14,8 @@ from pydantic.json_schema import JsonSchemaValue
 from aitrail.errors import BadRequest, Forbidden, NotFound
 from aitrail.schemas.canonical import record_to_dict
 from aitrail.schemas.record import AuditRecord, Kind
-from aitrail.store.base import AnswerQuery, CostQuery, Principal, RecordQuery, Role, Store
+from aitrail.store.base import Answer, AnswerQuery, CostQuery, Principal, RecordQuery, Role, Store
+from aitrail.store.context import inherited_users
 from aitrail.tenancy import log_tenant
 
 from aitrail.integrity.note import Verifier
@@ -23,7 +24,7 @@ from aitrail.integrity.verify import verify_record
 from aitrail.integrity.views import from_e10, merged_answer
 
 from .integrity import Proofs, answer_integrity, report_strays, sealed_answer_records, without_strays
-from .replay import for_role, merge_fragments, only_visible
+from .replay import for_role, merge_fragments, only_visible, with_inherited_context
 from .timeparse import around, parse_when, parse_window, to_iso
 
 # Response models: they are the API's contract (OpenAPI at /openapi.json, checked by
@@ -120,6 +121,12 @@ class AnswerOut(BaseModel):
     cost: Money
     service: str | None = Field(description="service.name of the AI application.")
     user: str | None = Field(description="Pseudonym of the user who asked; never the raw id.")
+    user_from: str | None = Field(
+        None,
+        description="When the completion's span did not name its user: the span id of the ancestor span whose "
+                    "record gave `user` (at ingestion, the record's `context_from`, or at query time when that "
+                    "ancestor was sealed after the completion). Null for the span's own user.",
+    )
     integrity: IntegrityStatus = Field(
         description="The check of the sealed records this answer is read from (the span's and its log-event "
                     "fragments'), as in a replay; failed also when the derived answers row the search found "
@@ -197,6 +204,15 @@ class WhoAmI(BaseModel):
     key_id: str = Field(description="Id of the API key, or `oidc:<subject>` for an OIDC token.")
 
 
+class InheritedValue(BaseModel):
+    value: str
+    span_id: str = Field(description="The ancestor span whose record carries the value.")
+    resolved: Literal["ingest", "query"] = Field(
+        description="ingest: the sealed record carries the value (its `context_from`); query: the ancestor was "
+                    "sealed after this record, so the value is joined when read and the record's field stays null."
+    )
+
+
 class RecordView(AuditRecord):
     """An `AuditRecord` (schemas/audit-record.v1.schema.json) as the API shows it: fields that are
     null are left out; for the analyst role the content fields are left out and listed in
@@ -239,6 +255,11 @@ class RecordView(AuditRecord):
     integrity: IntegrityStatus | None = Field(None, description="Replay only: the check of this view's records.")
     documents_hidden: int | None = Field(
         None, description="Replay with `visible_to` only: retrieved documents left out because of their ACL tags."
+    )
+    inherited: dict[str, InheritedValue] | None = Field(
+        None,
+        description="Replay only: user_pseudonym / session_id / conversation_id this span did not set but an "
+                    "ancestor span did, each with that ancestor's span id.",
     )
 
 
@@ -497,13 +518,27 @@ class QueryService:
                 provider=shown.get("provider"), model=shown.get("model"), input_tokens=shown.get("input_tokens"),
                 output_tokens=shown.get("output_tokens"),
                 cost=Money(amount=None if cost is None else from_e10(cost), currency=shown.get("cost_currency")),
-                service=shown.get("service"), user=shown.get("user"), integrity=IntegrityStatus(**integrity),
+                service=shown.get("service"), user=shown.get("user"), user_from=_user_source(records),
+                integrity=IntegrityStatus(**integrity),
             ))
+        self._inherit_users(principal.tenant, page.answers, data)
         last = page.answers[-1] if len(page.answers) == limit else None
         return AnswersOut(
             data=data, count=page.count, window={"from": start, "to": end},
             next_cursor=encode_cursor(last.time, last.record_id) if last else None,
         )
+
+    def _inherit_users(self, tenant: str, page: list[Answer], data: list[AnswerOut]) -> None:
+        """Answers whose sealed records name no user: the user an ancestor span's record gives
+        them at query time (sealed after them), with its span id. One read for the page."""
+        spans = [(tenant, a.trace_id, a.span_id) for a, out in zip(page, data, strict=True) if out.user is None]
+        if not spans:
+            return
+        found = inherited_users(self.store.span_contexts(sorted({s[:2] for s in spans})), spans)
+        for a, out in zip(page, data, strict=True):
+            inherited = found.get((tenant, a.trace_id, a.span_id)) if out.user is None else None
+            if inherited is not None:
+                out.user, out.user_from = inherited.value, inherited.source
 
     def trace(self, principal: Principal, trace_id: str, *, visible_to: str | None = None) -> TraceOut:
         trace_id = trace_id.lower()
@@ -514,7 +549,7 @@ class QueryService:
             raise NotFound(f"no trace {trace_id}")
         report = report_strays(self.proofs.report(records), strays, principal.tenant)
         views = []
-        for view in merge_fragments(records):
+        for view in with_inherited_context(merge_fragments(records), records):
             checks = [report["records"][rid] for rid in view["fragments"] if rid in report["records"]]
             failed = [c for c in checks if c["status"] == "failed"]
             view["integrity"] = failed[0] if failed else (checks[0] if checks else {"status": report["status"]})
@@ -625,3 +660,11 @@ class QueryService:
             total=Money(amount=total, currency=currencies.pop() if len(currencies) == 1 else None),
             group_by=list(groups),
         )
+
+
+def _user_source(records: list[AuditRecord]) -> str | None:
+    """The ancestor span the answer's sealed user came from (span record first, as merged)."""
+    for record in sorted(records, key=lambda r: r.origin != "span"):
+        if record.user_pseudonym is not None:
+            return record.context_from.user_pseudonym if record.context_from is not None else None
+    return None

@@ -95,6 +95,15 @@ class KafkaPosition(_Model):
     offset: int
 
 
+class ContextFrom(_Model):
+    """Which ancestor span a record inherited its trace context from (see `collector.context`):
+    the span id of the nearest ancestor record that carried the value, per field."""
+
+    user_pseudonym: str | None = None
+    session_id: str | None = None
+    conversation_id: str | None = None
+
+
 class AuditRecord(_Model):
     schema_version: int = SCHEMA_VERSION
     # identity
@@ -126,6 +135,11 @@ class AuditRecord(_Model):
     user_pseudonym: str | None = None
     user_roles: list[str] = Field(default_factory=list)
     client_ip_hash: str | None = None
+    context_from: ContextFrom | None = Field(
+        default=None,
+        description="Fields of user_pseudonym / session_id / conversation_id the span did not set itself but "
+        "inherited from an ancestor span's record at ingestion, each with that ancestor's span id.",
+    )
     # model
     provider: str | None = None
     request_model: str | None = None

@@ -21,6 +21,8 @@ from aitrail.errors import InvalidInput, Unavailable
 from aitrail.integrity.sequencer import LogState, LogUpdate, SignedCheckpoint
 from aitrail.schemas.record import AuditRecord
 
+from .context import SpanContext
+
 
 class Outcome(StrEnum):
     """What a write did with one record."""
@@ -347,6 +349,14 @@ class RecordReader(Protocol):
 
     def trace(self, tenant: str, trace_id: str) -> list[AuditRecord]:
         """Every record of the trace for this tenant, ordered by start time then leaf order."""
+        ...
+
+    def span_contexts(self, traces: Sequence[tuple[str, str]], record_ids: Sequence[str] = ()) -> list[SpanContext]:
+        """The place in its trace and the user / session / conversation of every record of
+        these (tenant, trace_id) traces, system records left out: one read for them all (the
+        collector's context inheritance, `aitrail.store.context`). SQLite: real time;
+        OpenSearch: what is searchable (the refresh interval), plus, in real time, those of
+        `record_ids` (records of these traces) stored but not yet searchable."""
         ...
 
     def search_answers(self, query: AnswerQuery) -> AnswerPage:

@@ -74,6 +74,7 @@ from .base import (
     FencedError,
     state_to_write,
 )
+from .context import INHERITED, SYSTEM_KINDS, SpanContext, inherited_users
 from .keys import PREFIX as KEY_PREFIX
 from .keys import hash_key, new_key
 from .text import match_expression
@@ -270,6 +271,13 @@ def _answer_doc(r: AuditRecord) -> dict[str, Any]:
         "cost_currency": cost.currency if priced else None,
         "service": r.service, "user": r.user_pseudonym, "feature": r.feature,
     }
+
+
+def _span_context(s: dict[str, Any]) -> SpanContext:
+    return SpanContext.from_fields(
+        s["tenant"], s["trace_id"], s.get("span_id"), s.get("parent_span_id"), s["record_id"], s["origin"],
+        [s.get(f) for f in INHERITED], s.get("context_from"),
+    )
 
 
 def _is_answer(r: AuditRecord) -> bool:
@@ -802,11 +810,65 @@ class OpenSearchStore:
                 return records
             body["search_after"] = hits[-1]["sort"]
 
+    def span_contexts(self, traces: Sequence[tuple[str, str]], record_ids: Sequence[str] = ()) -> list[SpanContext]:
+        """What is searchable: a record written within the refresh interval may be missing
+        (its descendants then resolve it at query time); `record_ids` not among the hits are
+        looked up on the write index (`mget`, real time)."""
+        by_tenant: dict[str, set[str]] = {}
+        for tenant, trace_id in traces:
+            by_tenant.setdefault(tenant, set()).add(trace_id)
+        if not by_tenant:
+            return []
+        query = {"bool": {
+            "should": [
+                {"bool": {"filter": [{"term": {"tenant": tenant}}, self._any_of("trace_id", sorted(ids))]}}
+                for tenant, ids in by_tenant.items()
+            ],
+            "minimum_should_match": 1,
+            "must_not": [{"terms": {"kind": sorted(SYSTEM_KINDS)}}],
+        }}
+        body: dict[str, Any] = {
+            "query": query, "sort": [{"record_id": "asc"}], "size": _PAGE, "track_total_hits": False,
+            "_source": ["record_id", "tenant", "trace_id", "span_id", "parent_span_id", "origin", *INHERITED,
+                        "context_from"],
+        }
+        out: dict[str, SpanContext] = {}  # by record id: the same record in two indices (see docs) once
+        while True:
+            hits = self._search(self.records_pattern, body, "reading trace context")["hits"]["hits"]
+            for hit in hits:
+                context = _span_context(hit["_source"])
+                out[context.record_id] = context
+            if len(hits) < _PAGE:
+                break
+            body["search_after"] = hits[-1]["sort"]
+        rest = [rid for rid in dict.fromkeys(record_ids) if rid not in out]
+        if rest:
+            with self._calling("reading trace context", client_error=InvalidInput):
+                index = self._write_index()
+                for first in range(0, len(rest), _PAGE):
+                    docs = [{"_index": index, "_id": rid} for rid in rest[first : first + _PAGE]]
+                    response = self._client.mget(
+                        body={"docs": docs},
+                        params={"_source_includes": ",".join(body["_source"]), "filter_path": "docs.found,docs._source"},
+                    )
+                    for d in response.get("docs", []):
+                        if d.get("found"):
+                            context = _span_context(d["_source"])
+                            out[context.record_id] = context
+        return list(out.values())
+
     def search_answers(self, query: AnswerQuery) -> AnswerPage:
         filters: list[dict[str, Any]] = [{"term": {"tenant": query.tenant}}, *self._time_range(query.start, query.end)]
-        for name, value in (("service", query.service), ("user", query.user)):
-            if value is not None:
-                filters.append({"term": {name: value}})
+        if query.service is not None:
+            filters.append({"term": {"service": query.service}})
+        if query.user is not None:
+            # Also the answers without a user of their own whose ancestor span's record has
+            # this one (it arrived after they were sealed): see aitrail.store.context.
+            inheriting = self._inheriting_answers(query)
+            own = {"term": {"user": query.user}}
+            filters.append({"bool": {"should": [own, *(
+                {"ids": {"values": inheriting[i : i + _MAX_TERMS]}} for i in range(0, len(inheriting), _MAX_TERMS)
+            )], "minimum_should_match": 1}} if inheriting else own)
         if query.model is not None:
             filters.append({"bool": {"should": [{"term": {"model": query.model}},
                                                 {"term": {"request_model": query.model}}],
@@ -851,6 +913,38 @@ class OpenSearchStore:
                 service=s.get("service"), user=s.get("user"),
             ))
         return AnswerPage(answers=answers, count=response["hits"]["total"]["value"])
+
+    def _inheriting_answers(self, query: AnswerQuery) -> list[str]:
+        """The answers documents (ids) without a user of their own that inherit `query.user`
+        from an ancestor span's record: candidates from the traces holding a record with that
+        user (one indexed read of the records), then those traces' context."""
+        tenant = query.tenant
+        holding: list[dict[str, Any]] = [{"term": {"tenant": tenant}}, {"term": {"user_pseudonym": query.user}}]
+        if query.end is not None:  # an ancestor starts before its descendants
+            holding.append({"range": {"start_time": {"lte": query.end}}})
+        traces = sorted(self._distinct(self.records_pattern, {"bool": {"filter": holding}}, "finding a user's traces"))
+        if not traces:
+            return []
+        body: dict[str, Any] = {
+            "query": {"bool": {
+                "filter": [{"term": {"tenant": tenant}}, self._any_of("trace_id", traces),
+                           *self._time_range(query.start, query.end)],
+                "must_not": [{"exists": {"field": "user"}}],
+            }},
+            "sort": [{"record_id": "asc"}], "size": _PAGE, "track_total_hits": False,
+            "_source": ["trace_id", "span_id"],
+        }
+        candidates: list[tuple[str, str, str]] = []
+        while True:
+            hits = self._search(self.answers_index, body, "finding answers without a user")["hits"]["hits"]
+            candidates += [(tenant, h["_source"]["trace_id"], h["_source"]["span_id"]) for h in hits]
+            if len(hits) < _PAGE:
+                break
+            body["search_after"] = hits[-1]["sort"]
+        if not candidates:
+            return []
+        found = inherited_users(self.span_contexts(sorted({c[:2] for c in candidates})), candidates)
+        return sorted(answer_id(*key) for key, inherited in found.items() if inherited.value == query.user)
 
     @staticmethod
     def _time_range(start: str | None, end: str | None, field: str = "time") -> list[dict[str, Any]]:

@@ -49,6 +49,7 @@ from .base import (
     same_content,
     state_to_write,
 )
+from .context import INHERITED, SYSTEM_KINDS, SpanContext, inherited_users
 from .keys import hash_key, new_key
 from .text import index_terms, match_expression
 
@@ -74,6 +75,10 @@ CREATE TABLE IF NOT EXISTS records (
 CREATE INDEX IF NOT EXISTS records_trace ON records (tenant, trace_id);
 CREATE INDEX IF NOT EXISTS records_kind ON records (tenant, kind, start_time);
 CREATE INDEX IF NOT EXISTS records_leaf ON records (log_id, leaf_index);
+-- Traces with a user-bearing record other than a completion (those are in answers_user): the
+-- ancestors whose user answers sealed before them inherit at query time (search_answers).
+CREATE INDEX IF NOT EXISTS records_user ON records (tenant, json_extract(body, '$.user_pseudonym'), trace_id)
+    WHERE kind != 'completion';
 CREATE TRIGGER IF NOT EXISTS records_append_only BEFORE UPDATE ON records
 BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
 
@@ -271,6 +276,37 @@ def _insert_rows(conn: sqlite3.Connection, rows: list[_Rows]) -> None:
         "INSERT INTO feedback (tenant, trace_id, score) VALUES (?, ?, ?)",
         [row.feedback for row in rows if row.feedback is not None],
     )
+
+
+def _layout(conn: sqlite3.Connection) -> dict[tuple[str, str], str]:
+    """(type, name) -> declaration of every index, trigger, view and table of the main
+    schema (SQLite's own objects left out)."""
+    rows = conn.execute(
+        "SELECT type, name, coalesce(sql, '') FROM main.sqlite_master WHERE name NOT LIKE 'sqlite_%'"
+    ).fetchall()
+    return {(kind, name): " ".join(sql.split()) for kind, name, sql in rows}
+
+
+def _trigger_table(sql: str) -> str | None:
+    match = re.search(r"\bON\s+(\w+)", sql, re.IGNORECASE)
+    return match.group(1) if match else None
+
+
+def _shown_sql(sql: str, limit: int = 160) -> str:
+    return sql if len(sql) <= limit else sql[: limit - 1] + "…"
+
+
+# What context inheritance reads of a record (aitrail.store.context), straight from its body.
+_CONTEXT_COLUMNS = (
+    "tenant, trace_id, span_id, json_extract(body, '$.parent_span_id'), record_id, origin, "
+    + ", ".join(f"json_extract(body, '$.{f}')" for f in INHERITED)
+    + ", json_extract(body, '$.context_from')"
+)
+_SYSTEM_KIND_LIST = ", ".join(f"'{k}'" for k in sorted(SYSTEM_KINDS))
+
+
+def _span_context(row: tuple) -> SpanContext:
+    return SpanContext.from_fields(*row[:6], row[6:9], json.loads(row[9]) if row[9] else None)
 
 
 def _layout(conn: sqlite3.Connection) -> dict[tuple[str, str], str]:
@@ -528,13 +564,38 @@ class SqliteStore:
         ).fetchall()
         return [record_from_json(body) for (body,) in rows]
 
+    def span_contexts(self, traces: Sequence[tuple[str, str]], record_ids: Sequence[str] = ()) -> list[SpanContext]:
+        del record_ids  # real time: the traces' rows hold them already
+        by_tenant: dict[str, set[str]] = {}
+        for tenant, trace_id in traces:
+            by_tenant.setdefault(tenant, set()).add(trace_id)
+        conn, out = self._conn(), []
+        for tenant, ids in by_tenant.items():
+            ordered = sorted(ids)
+            for first in range(0, len(ordered), 500):
+                chunk = ordered[first : first + 500]
+                rows = conn.execute(
+                    f"SELECT {_CONTEXT_COLUMNS} FROM records WHERE tenant = ? AND trace_id IN "
+                    f"({', '.join('?' * len(chunk))}) AND kind NOT IN ({_SYSTEM_KIND_LIST})",
+                    [tenant, *chunk],
+                ).fetchall()
+                out += [_span_context(row) for row in rows]
+        return out
+
     def search_answers(self, query: AnswerQuery) -> AnswerPage:
         where, params = ["a.tenant = ?"], [query.tenant]
         _time_range(where, params, "a.time", query.start, query.end)
-        for column, value in (("a.service", query.service), ("a.user", query.user)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
+        if query.service is not None:
+            where.append("a.service = ?")
+            params.append(query.service)
+        if query.user is not None:
+            # Also the answers without a user of their own whose ancestor span's record has
+            # this one (it arrived after they were sealed): see aitrail.store.context.
+            if self._inheriting_answers(query):
+                where.append("(a.user = ? OR a.id IN (SELECT id FROM temp.context_hits))")
+            else:
+                where.append("a.user = ?")
+            params.append(query.user)
         if query.model is not None:
             where.append("(a.model = ? OR a.request_model = ?)")
             params += [query.model, query.model]
@@ -597,6 +658,34 @@ class SqliteStore:
             for r in rows
         ]
         return AnswerPage(answers=answers, count=count)
+
+    def _inheriting_answers(self, query: AnswerQuery) -> bool:
+        """Fill `temp.context_hits` with the answers (row ids) that have no user of their own
+        and inherit `query.user` from an ancestor span's record; True when there are any. The
+        candidates come from the traces holding a record with that user (two indexed reads:
+        records_user, answers_user), then one read of those traces' context."""
+        conn, tenant = self._conn(), query.tenant
+        where, params = ["a.tenant = ?", "a.trace_id = t.trace_id", "+a.user IS NULL"], [tenant]
+        _time_range(where, params, "+a.time", query.start, query.end)
+        # CROSS JOIN: walk the few traces with the user, each answers row found by its unique
+        # (tenant, trace_id, span_id) index, never the tenant's answers without a user.
+        candidates = conn.execute(
+            "SELECT a.id, a.trace_id, a.span_id FROM ("
+            "SELECT trace_id FROM records WHERE tenant = ? AND json_extract(body, '$.user_pseudonym') = ? "
+            "AND kind != 'completion' UNION SELECT trace_id FROM answers WHERE tenant = ? AND user = ?"
+            f") AS t CROSS JOIN answers a WHERE {' AND '.join(where)}",
+            [tenant, query.user, tenant, query.user, *params],
+        ).fetchall()
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS context_hits (id INTEGER PRIMARY KEY)")
+        conn.execute("DELETE FROM temp.context_hits")
+        if not candidates:
+            return False
+        contexts = self.span_contexts(sorted({(tenant, trace_id) for _, trace_id, _ in candidates}))
+        found = inherited_users(contexts, [(tenant, trace_id, span_id) for _, trace_id, span_id in candidates])
+        hits = [(row_id,) for row_id, trace_id, span_id in candidates
+                if (f := found.get((tenant, trace_id, span_id))) is not None and f.value == query.user]
+        conn.executemany("INSERT INTO temp.context_hits (id) VALUES (?)", hits)
+        return bool(hits)
 
     def costs(self, query: CostQuery) -> list[CostRow]:
         unknown = [g for g in query.group_by if g not in COST_GROUPS]

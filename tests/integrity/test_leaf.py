@@ -64,7 +64,7 @@ def test_every_record_field_is_classified_and_new_fields_default_to_none():
         "schema_version", "record_id", "kind", "origin", "trace_id", "span_id", "parent_span_id", "tenant",
         "service", "environment", "session_id", "conversation_id", "span_name", "operation", "feature",
         "agent_name", "agent_id", "workflow_name", "start_time", "end_time", "duration_ms", "ingested_at",
-        "user_pseudonym", "user_roles", "client_ip_hash", "provider", "request_model", "response_model",
+        "user_pseudonym", "user_roles", "client_ip_hash", "context_from", "provider", "request_model", "response_model",
         "request_params", "finish_reasons", "response_id", "route", "template_id", "template_version",
         "tool_name", "tool_call_id", "documents", "index_name", "top_k", "input_tokens",
         "output_tokens", "cached_input_tokens", "reasoning_tokens", "cost", "score", "label", "evaluation_name",
