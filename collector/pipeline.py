@@ -255,6 +255,8 @@ async def _retry_write(store, result, batch, on_written, on_retry, max_backoff_s
     while True:
         started = time.perf_counter()
         try:
+            # Trace context from ancestors already stored: read here, once the batch before is.
+            result.records = await asyncio.to_thread(inherit_context, reader_behind(store), result.records)
             written = await asyncio.to_thread(store.write, result.records)
         except AitrailError as exc:
             now = time.monotonic()
