@@ -497,18 +497,36 @@ class _LogVerifier:
         self.compare_nodes(batch)
 
     def compare_nodes(self, batch: dict[tuple[int, int], bytes]) -> None:
-        if not batch:
+        if not batch or self.node_reader is None:
             return
-        for key, stored in sorted(self.stored_nodes(list(batch)).items()):
-            if stored != batch[key]:
+        try:
+            found = self.node_reader.nodes(self.log_id, list(batch))
+        except (ValueError, TypeError) as exc:
+            self.fail(FailureKind.NODE_MISMATCH, f"the stored Merkle nodes cannot be read: {exc}")
+            return
+        missing = 0
+        for key in sorted(batch):
+            stored = found.get(key)
+            if stored is None:
+                missing += 1  # every node a sequencer completes is stored with its batch
+                continue
+            if bytes(stored) != batch[key]:
                 level, index = key
                 span = f"leaf {index}" if level == 0 else f"leaves {index << level}..{((index + 1) << level) - 1}"
                 self.fail(
                     FailureKind.NODE_MISMATCH,
-                    f"stored Merkle node (level {level}, index {index}) over {span} is {stored.hex()[:16]}…, the "
-                    f"signed tree has {batch[key].hex()[:16]}…: proofs served from it would not verify",
+                    f"stored Merkle node (level {level}, index {index}) over {span} is {bytes(stored).hex()[:16]}…, "
+                    f"the signed tree has {batch[key].hex()[:16]}…: proofs served from it would not verify",
                     leaf_index=index << level,
                 )
+        if missing:
+            first = min(k for k in batch if k not in found)
+            self.fail(
+                FailureKind.NODE_MISMATCH,
+                f"{missing} Merkle node(s) of the signed tree are missing from the store (first: level {first[0]}, "
+                f"index {first[1]}): the API cannot build proofs through them",
+                leaf_index=first[1] << first[0],
+            )
 
     def check_consistency(self, base: merkle.CompactRange, leaves: list[bytes | None], cp: _Cp) -> None:
         """Consistency proof old → new built from the recomputed tree, verified against both signed roots."""
