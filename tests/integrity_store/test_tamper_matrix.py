@@ -635,3 +635,18 @@ def test_sqlite_fragment_order_swapped(trail):
                 "BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END")
     out = expect_named(trail, first.trace_id, first.record_id, second.record_id)
     assert "FAILED view [differs] view answers" in out and "[layout]" not in out
+
+
+@SQLITE
+@pytest.mark.parametrize("how", ["deleted", "not a hash"])
+def test_sqlite_merkle_node_deleted_or_mangled(trail, how):
+    insider = trail.insider
+    victim = sealed(trail, trail.completions[2])
+    if how == "deleted":
+        insider.sql("DELETE FROM merkle_nodes WHERE log_id = ? AND level = 0 AND idx = ?", victim.log_id,
+                    victim.leaf_index)
+    else:
+        insider.sql("UPDATE merkle_nodes SET hash = X'00' WHERE log_id = ? AND level = 0 AND idx = ?",
+                    victim.log_id, victim.leaf_index)
+    out = expect_named(trail, victim.log_id)
+    assert "[node_mismatch]" in out
