@@ -475,6 +475,8 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             size = f"{d.size}" + (f" (truncated to {d.stored_bytes}: not replayable)" if d.truncated else "")
             reason = (f"[{d.refused}{' ' + d.record_id if d.record_id else ''}] " if d.refused else "") + d.reason
             reason += f" (replay of {d.replay_of})" if d.replay_of else ""
+            if d.authentic is not True:  # aitrail.store.rowmac: a forged dead letter is never replayed
+                reason = ("[NOT AUTHENTIC] " if d.authentic is False else "[unchecked] ") + reason
             row = [d.id, d.time, d.tenant, d.signal, escape(reason), escape(source), size]
             if args.all:
                 r = d.replayed
@@ -623,7 +625,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit status:\n"
                "  0  done (list shown; every replayed dead letter stored, or submitted with --wait 0)\n"
                "  1  some replayed dead letters failed again (dead letters again, with the new reason) or\n"
-               "     cannot be replayed (truncated to fit the dead-letter topic)\n"
+               "     cannot be replayed (truncated to fit the dead-letter topic, or not authentic: its MAC\n"
+               "     is missing or wrong, so aitrail did not write it)\n"
                "  2  could not run: store or Kafka unreachable, no such dead letter, one already replayed,\n"
                "     or the collectors did not process the replays within --wait\n\n"
                "See docs/operations.md.",

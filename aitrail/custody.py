@@ -8,6 +8,10 @@ data folder or the indices.
   holds the collectors' key. Each `.key` has its `.pub` beside it; only `.pub` files are
   needed to verify. A KMS or a mounted secret works by pointing `integrity.signing_key_file`
   at the mounted file (docs/integrity.md).
+- **The row key** `store-mac.key` (32 random bytes, mode 0600) in the same folder
+  authenticates the rows no Merkle log seals: API keys, secrets, dead letters
+  (aitrail.store.rowmac). Every process that opens the store writable creates it when it is
+  missing (`attach_row_key`) and then, once, authenticates the rows already there.
 - **The checkpoint mirror** (`integrity.checkpoint_dir`, default
   `$XDG_STATE_HOME/aitrail/checkpoints`) receives every signed checkpoint, appended, one file
   per log origin. `aitrail verify` checks the store against it: a log rolled back, truncated,
@@ -16,6 +20,8 @@ data folder or the indices.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -29,11 +35,13 @@ from aitrail.errors import ConfigError
 from aitrail.integrity.keys import KeyFileError, create_signing_key, load_signer, load_verifier
 from aitrail.integrity.note import Signer, Verifier
 from aitrail.integrity.sequencer import SignedCheckpoint
+from aitrail.store.rowmac import KEY_BYTES, RowMac
 
 log = logging.getLogger(__name__)
 
 LOG_KEY = "log-signing"
 ACCESS_KEY = "access-signing"
+ROW_KEY = "store-mac"
 
 
 def keys_dir(settings) -> Path:
@@ -55,6 +63,74 @@ def public_key_path(settings) -> Path:
 def legacy_key_path(settings) -> Path:
     """Where versions before key custody kept the signing key: inside the data folder."""
     return Path(settings.data_dir) / "keys" / f"{LOG_KEY}.key"
+
+
+def row_key_path(settings) -> Path:
+    return keys_dir(settings) / f"{ROW_KEY}.key"
+
+
+def load_row_key(settings) -> RowMac | None:
+    """The row key, or None when there is none yet."""
+    path = row_key_path(settings)
+    try:
+        key = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the row key {path}: {exc.strerror or exc}") from None
+    if len(key) != KEY_BYTES:
+        raise ConfigError(f"the row key {path} holds {len(key)} bytes, not {KEY_BYTES}: restore it from a backup")
+    return RowMac(key)
+
+
+@contextlib.contextmanager
+def _row_key_lock(settings):
+    folder = keys_dir(settings)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(folder / f".{ROW_KEY}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def attach_row_key(store, settings, *, create: bool = True) -> RowMac | None:
+    """Give `store` the installation's row key (`store.row_mac`), so that it writes and checks
+    the MACs of its API keys, secrets and dead letters. With `create` (every process that
+    opens the store writable) a missing key is made, and the rows the store already holds are
+    authenticated once, at that moment: rows present before the key are trusted as of then
+    (docs/integrity.md). A store whose rows already carry MACs while the key is missing was
+    authenticated with a key this host lacks: ConfigError, nothing created."""
+    mac = load_row_key(settings)
+    if mac is None and create:
+        path = row_key_path(settings)
+        with _row_key_lock(settings):  # processes of this host starting together make one key (flock)
+            mac = load_row_key(settings)
+            if mac is None:
+                foreign = store.row_macs_present()
+                if foreign:
+                    raise ConfigError(
+                        f"{foreign} API key, secret or dead-letter row(s) of the store carry MACs of a row key that "
+                        f"is not at {path}: copy {path.name} from the installation that made it (it is kept with "
+                        "the signing keys)"
+                    )
+                key = secrets.token_bytes(KEY_BYTES)
+                temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as out:
+                    out.write(key)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(temporary, path)
+                mac = RowMac(key)
+                count = store.authenticate_existing_rows(mac)
+                log.warning(
+                    "created the row key %s; %d API key, secret and dead-letter rows already in the store are "
+                    "trusted as of now and were authenticated with it", path, count,
+                )
+    store.row_mac = mac
+    return mac
 
 
 def new_key_name() -> str:

@@ -18,6 +18,12 @@ Two backends, one shape (`DeadLetterView`, `ReplayOutcome`):
   crash between the two replays it again next time, which ingest's idempotence makes
   harmless (deterministic record ids, stored records skipped).
 
+Every dead letter carries a MAC made with the installation's row key (aitrail.store.rowmac):
+the `mac` column of the table, the `aitrail-dlq-mac` header on the topic. One whose MAC is
+missing or wrong was written by someone else (whoever can write the data folder or the
+topic): `list` shows it as not authentic, `replay` refuses it (exit 1), so a forged dead
+letter is never sealed as genuine.
+
 A dead letter the collector had to truncate to fit the dead-letter topic
 (`aitrail-dlq-truncated: true`) holds only the first bytes of its message: it cannot be
 replayed, and is reported with the size and SHA-256 of the original and the source position
@@ -67,6 +73,7 @@ class Outcome(StrEnum):
     FAILED_AGAIN = "failed_again"  # dead-lettered again, with the new reason
     SUBMITTED = "submitted"  # Kafka, without waiting: produced, outcome not awaited
     NOT_REPLAYABLE = "not_replayable"  # truncated: the dead letter lacks part of the message
+    NOT_AUTHENTIC = "not_authentic"  # its MAC is missing or wrong: not written by aitrail (aitrail.store.rowmac)
 
 
 @dataclass
@@ -94,10 +101,12 @@ class DeadLetterView:
     replay_of: str | None = None  # the dead letter whose replay failed again as this one
     refused: str | None = None  # `invalid` (the message), `rejected` or `conflict` (one record of it)
     record_id: str | None = None  # the record refused, for `rejected` and `conflict`
+    authentic: bool | None = None  # its MAC verifies; None: no row key to check it with
+    not_authentic: str | None = None  # why it is not authentic
 
     @property
     def replayable(self) -> bool:
-        return not self.truncated
+        return not self.truncated and self.authentic is True
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -190,6 +199,15 @@ def _signal(value: str | None) -> Signal:
         return Signal.TRACES
 
 
+def _authenticity(mac, ok: Callable[[], bool], has_mac: bool, key_path) -> tuple[bool | None, str | None]:
+    if mac is None:
+        return None, f"cannot be authenticated: no row key at {key_path} (the collector creates it when it starts)"
+    if ok():
+        return True, None
+    return False, ("not authentic: " + ("it carries no MAC" if not has_mac else "its MAC does not verify")
+                   + ", so it was not written by aitrail (the store or topic was altered); it is not replayed")
+
+
 def _not_replayable(view: DeadLetterView) -> str:
     where = view.source
     original = (f"the original is at {where['topic']} partition {where['partition']} offset {where['offset']} "
@@ -216,6 +234,19 @@ class _Embedded:
         self.settings = settings
         self.path = Path(settings.data_dir) / "aitrail.db"
         self.default_tenant = settings.collector.default_tenant
+        self.mac = None
+
+    def _attach_row_key(self) -> None:
+        """The row key (created, and the store's rows authenticated, if it is missing: as
+        `aitrail serve` does), once the store is known to exist."""
+        from aitrail.custody import attach_row_key
+        from aitrail.store.sqlite import SqliteStore
+
+        store = SqliteStore(self.path)
+        try:
+            self.mac = attach_row_key(store, self.settings)
+        finally:
+            store.close()
 
     def _connect(self) -> sqlite3.Connection:
         if not self.path.is_file():
@@ -254,7 +285,15 @@ class _Embedded:
             replayed = Replayed(at=row["r_at"], outcome=row["r_outcome"], reason=row["r_reason"],
                                 new_id=None if row["r_new"] is None else str(row["r_new"]))
         truncated = headers.get("aitrail-dlq-truncated") == "true"
+        from aitrail.custody import row_key_path
+        from aitrail.store.sqlite import _dead_letter_ok
+
+        tag = row["mac"] if "mac" in row.keys() else None
+        fields = (row["id"], row["at"], row["reason"], row["headers"], payload, tag)
+        authentic, why = _authenticity(self.mac, lambda: _dead_letter_ok(self.mac, fields), tag is not None,
+                                       row_key_path(self.settings))
         return DeadLetterView(
+            authentic=authentic, not_authentic=why,
             id=str(row["id"]), time=row["at"], tenant=self._tenant(headers) or self.default_tenant,
             signal=str(_signal(headers.get("signal") or headers.get("aitrail-signal"))), reason=row["reason"],
             source=source, size=int(headers.get("aitrail-dlq-payload-bytes", len(payload))) if truncated else len(payload),
@@ -270,6 +309,7 @@ class _Embedded:
     def views(self, tenant: str | None) -> list[DeadLetterView]:
         conn = self._connect()
         try:
+            self._attach_row_key()
             views = [self._view(row) for row in self._rows(conn)]
         finally:
             conn.close()
@@ -283,17 +323,22 @@ class _Embedded:
 
         conn = self._connect()
         try:
+            self._attach_row_key()
             rows = self._select(conn, dead_letter_id, tenant)
             report = ReplayReport(Backend.EMBEDDED)
             replayable = []
             for row, view in rows:
                 if view.truncated:
                     report.outcomes.append(ReplayOutcome(view.id, Outcome.NOT_REPLAYABLE, _not_replayable(view)))
+                elif view.authentic is not True:
+                    log.warning("dead letter %s refused: %s", view.id, view.not_authentic)
+                    report.outcomes.append(ReplayOutcome(view.id, Outcome.NOT_AUTHENTIC, view.not_authentic or ""))
                 else:
                     replayable.append(row)
             if not replayable:
                 return report
             store = SqliteStore(self.path)
+            store.row_mac = self.mac  # the dead letters it writes again carry MACs; its secrets are checked
             try:
                 pipeline = Pipeline(
                     default_tenant=self.default_tenant, pricer=pricer_for(PriceTable.load(self.settings.prices_file)),
@@ -331,7 +376,7 @@ class _Embedded:
                 raise AitrailError(_already(view))
             if view.truncated:
                 raise AitrailError(f"dead letter {view.id} is {_not_replayable(view)}")
-            return [(rows[0], view)]
+            return [(rows[0], view)]  # one not authentic is refused by the caller (exit 1)
         out = []
         for row in self._rows(conn):
             view = self._view(row)
@@ -470,6 +515,9 @@ class _Kafka:
         self.markers_topic = marker_topic(settings)
         self.fetch_bytes = self.kafka.max_message_bytes + TOPIC_HEADROOM + DLQ_HEADROOM + 64 * 1024
         self.max_request = self.kafka.max_message_bytes + TOPIC_HEADROOM
+        from aitrail.custody import load_row_key, row_key_path
+
+        self.mac, self.key_path = load_row_key(settings), row_key_path(settings)
 
     def _unavailable(self, exc: BaseException) -> Unavailable:
         return Unavailable(f"cannot reach Kafka at {self.kafka.bootstrap_servers}: {type(exc).__name__}: {exc}")
@@ -616,7 +664,12 @@ class _Kafka:
                       "partition": int(headers.get("aitrail-source-partition", -1)),
                       "offset": int(headers.get("aitrail-source-offset", -1))}
         ident = _kafka_id(record.partition, record.offset)
+        from aitrail.store.rowmac import MAC_HEADER, kafka_dead_letter_ok
+
+        authentic, why = _authenticity(self.mac, lambda: kafka_dead_letter_ok(self.mac, headers, value),
+                                       MAC_HEADER in headers, self.key_path)
         return DeadLetterView(
+            authentic=authentic, not_authentic=why,
             id=ident, time=_iso_ms(record.timestamp), tenant=headers.get(TENANT_HEADER) or self.default_tenant,
             signal=str(self._signal(headers, source)), reason=headers.get(REASON_HEADER, ""), source=source,
             size=int(headers.get(SIZE_HEADER, len(value))) if truncated else len(value), stored_bytes=len(value),
@@ -703,6 +756,10 @@ class _Kafka:
                 raise AitrailError(_already(view))
             if view.truncated:
                 raise AitrailError(f"dead letter {view.id} is {_not_replayable(view)}")
+            if view.authentic is not True:
+                log.warning("dead letter %s refused: %s", view.id, view.not_authentic)
+                report.outcomes.append(ReplayOutcome(view.id, Outcome.NOT_AUTHENTIC, view.not_authentic or ""))
+                return report
             chosen = [(record, view)]
         else:
             if self.kafka.dlq_topic not in topics:
@@ -712,7 +769,7 @@ class _Kafka:
                 view = self._view(record, markers)
                 if view.replayed is not None or (tenant is not None and view.tenant != tenant):
                     return None
-                return (None if view.truncated else record), view  # a truncated one's payload is not needed
+                return (record if view.replayable else None), view  # a payload not replayed is not needed
 
             chosen = []
             found = await self._scan(self.kafka.dlq_topic, progress=progress, what=f"reading {self.kafka.dlq_topic}",
@@ -720,6 +777,9 @@ class _Kafka:
             for record, view in sorted(found, key=lambda item: (item[1].time, *map(int, item[1].id.split(":")))):
                 if view.truncated:
                     report.outcomes.append(ReplayOutcome(view.id, Outcome.NOT_REPLAYABLE, _not_replayable(view)))
+                elif view.authentic is not True:
+                    log.warning("dead letter %s refused: %s", view.id, view.not_authentic)
+                    report.outcomes.append(ReplayOutcome(view.id, Outcome.NOT_AUTHENTIC, view.not_authentic or ""))
                 else:
                     chosen.append((record, view))
         if not chosen:
@@ -852,10 +912,10 @@ class _Kafka:
 
 def exit_code(report: ReplayReport) -> int:
     """0: every dead letter replayed was stored (or submitted, without waiting); 1: some
-    failed again or cannot be replayed (truncated); 2: the outcome could not be learnt."""
+    failed again or cannot be replayed (truncated, or not authentic); 2: the outcome could not be learnt."""
     if report.note is not None:
         return 2
-    if report.count(Outcome.FAILED_AGAIN) or report.count(Outcome.NOT_REPLAYABLE):
+    if any(report.count(o) for o in (Outcome.FAILED_AGAIN, Outcome.NOT_REPLAYABLE, Outcome.NOT_AUTHENTIC)):
         return 1
     return 0
 
@@ -870,7 +930,7 @@ def outcome_lines(outcomes: Sequence[ReplayOutcome]) -> list[str]:
     for o in outcomes:
         if o.outcome == Outcome.FAILED_AGAIN:
             lines.append(f"{o.id}: failed again" + (f" as dead letter {o.new_id}" if o.new_id else "") + f": {o.detail}")
-        elif o.outcome == Outcome.NOT_REPLAYABLE:
+        elif o.outcome in (Outcome.NOT_REPLAYABLE, Outcome.NOT_AUTHENTIC):
             lines.append(f"{o.id}: not replayed: {o.detail}")
         elif o.outcome == Outcome.SUBMITTED:
             lines.append(f"{o.id}: submitted ({o.detail})")

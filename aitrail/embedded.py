@@ -20,7 +20,7 @@ from aitrail.bus.local import LocalBus
 from aitrail.collector.cost import PriceTable
 from aitrail.collector.pipeline import Pipeline, checkpoint_timer, hmac_pseudonymiser, pricer_for, run_collector
 from aitrail.collector.sequencing import open_sequencing
-from aitrail.custody import trusted_verifiers
+from aitrail.custody import attach_row_key, trusted_verifiers
 from aitrail.gateway.grpc import otlp_grpc_server
 from aitrail.gateway.http import otlp_http_app
 from aitrail.auth import Authenticator
@@ -97,6 +97,7 @@ async def embedded(settings: Settings) -> AsyncIterator[Embedded]:
     async with contextlib.AsyncExitStack() as stack:
         store = SqliteStore.in_dir(settings.data_dir)
         stack.callback(store.close)
+        attach_row_key(store, settings)  # before the first secret is read
         metrics = Metrics(tenant_labels=settings.metrics.tenant_labels)
         prices = PriceTable.load(settings.prices_file)
         pseudonymise = hmac_pseudonymiser(store.secret("pseudonym"))

@@ -190,6 +190,7 @@ async def collector(
             settings.kafka, produce=True, consume=True, max_batch=settings.collector.batch_max_messages,
             fetch_wait_ms=settings.collector.batch_max_wait_ms, on_assigned=assigned, on_revoked=revoked,
         )
+        bus.row_mac = getattr(store, "row_mac", None)  # dead letters carry a MAC header (aitrail.store.rowmac)
         await _retry_start("Kafka", bus.__aenter__)
         stack.push_async_callback(bus.close)
 

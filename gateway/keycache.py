@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from aitrail.errors import AitrailError, Unavailable
+from aitrail.errors import AitrailError, Unauthorized, Unavailable
 from aitrail.store.base import Principal
 from aitrail.store.keys import hash_key
 
@@ -132,6 +132,9 @@ class KeyCache:
             principal = self._lookup(key)
             self._remember(digest, principal)
             return principal
+        except Unauthorized:
+            self._remember(digest, None)
+            return None
         except Exception as exc:
             if self._usable_stale(entry, now):
                 return entry.principal
@@ -145,6 +148,8 @@ class KeyCache:
         try:
             try:
                 principal = await in_daemon_thread(self._lookup, key, name="aitrail-key-lookup")
+            except Unauthorized:  # the store refuses the key (its row does not authenticate): a negative answer
+                principal = None
             except AitrailError as exc:
                 return self._failed(exc.message)
             except Exception as exc:  # noqa: BLE001 (a store that fails oddly is a store that cannot answer)

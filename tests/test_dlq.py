@@ -276,12 +276,16 @@ async def produce_dead_letter(settings, payload: bytes, reason: str, limit: int)
     from aiokafka import AIOKafkaProducer
 
     from aitrail.bus.kafka import REASON_HEADER, TENANT_HEADER, fit_dead_letter
+    from aitrail.custody import load_row_key
+    from aitrail.store.rowmac import kafka_dead_letter_headers
 
     value, headers = fit_dead_letter(payload, b"k", {TENANT_HEADER: "acme", REASON_HEADER: reason,
                                                      "aitrail-dlq-outcome": "invalid",
                                                      "aitrail-source-topic": settings.kafka.topic,
                                                      "aitrail-source-partition": "0", "aitrail-source-offset": "7"},
                                      limit)
+    # With the MAC the collector adds (aitrail.store.rowmac): a dead letter without it is not authentic.
+    headers = kafka_dead_letter_headers(load_row_key(settings), headers, value)
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers)
     await producer.start()
     try:

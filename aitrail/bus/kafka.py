@@ -30,6 +30,7 @@ from aiokafka.errors import (
 from aitrail.errors import Fatal, PayloadTooLarge, Unavailable
 from aitrail.schemas.record import KafkaPosition
 from aitrail.settings import KafkaSettings
+from aitrail.store.rowmac import MAC_HEADER, RowMac, kafka_dead_letter_headers
 
 from .base import OUTCOME_HEADER, RECORD_HEADER, BusMessage, Encoding, Signal  # noqa: F401  (dead-letter headers, re-exported)
 
@@ -199,6 +200,9 @@ class KafkaBatch:
 class KafkaBus:
     """Producer and/or consumer. Use as an async context manager."""
 
+    # The installation's row key (set by the collector): dead letters then carry `aitrail-dlq-mac`.
+    row_mac: RowMac | None = None
+
     def __init__(
         self,
         settings: KafkaSettings,
@@ -329,10 +333,14 @@ class KafkaBus:
             headers[SOURCE_TOPIC_HEADER] = message.position.topic
             headers[SOURCE_PARTITION_HEADER] = str(message.position.partition)
             headers[SOURCE_OFFSET_HEADER] = str(message.position.offset)
+        if self.row_mac is not None:
+            headers[MAC_HEADER] = "0" * 64  # its size counts in the fitting; its value is made below
         limit = self._dlq_limit if producer is self._dlq_producer else self.settings.max_message_bytes
         delay = 0.5
         while True:
             value, fitted = fit_dead_letter(message.payload, message.key, headers, limit)
+            if self.row_mac is not None:  # over what is sent, truncated or not (aitrail.store.rowmac)
+                fitted = kafka_dead_letter_headers(self.row_mac, fitted, value)
             try:
                 await producer.send_and_wait(
                     self.settings.dlq_topic, value=value, key=message.key,

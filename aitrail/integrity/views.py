@@ -84,6 +84,7 @@ class ViewFindingKind(StrEnum):
     UNREADABLE = "unreadable"  # a stored record body does not parse
     UNSEALED = "unsealed"  # a record in no Merkle log: no sequencer wrote it
     LAYOUT = "layout"  # the store's own structure (schema, indexes, triggers, analysers) was changed
+    UNAUTHENTICATED = "unauthenticated"  # an API key, secret or dead-letter row whose row MAC fails (store.rowmac)
 
 
 @dataclass(frozen=True, slots=True)
@@ -509,9 +510,17 @@ class _Check:
         for problem in problems() if problems is not None else ():
             self.find("layout", ViewFindingKind.LAYOUT, problem)
 
+    def unauthenticated(self) -> None:
+        """API keys, secrets and dead letters are in no Merkle log: their row MACs
+        (aitrail.store.rowmac) say whether aitrail wrote them as they are."""
+        rows = getattr(self.store, "unauthenticated_rows", None)
+        for bad in rows() if rows is not None else ():
+            self.find(bad.view, ViewFindingKind.UNAUTHENTICATED, bad.what, row=bad.row)
+
     def run(self) -> list[ViewFinding]:
         try:
             self.layout()
+            self.unauthenticated()
             self.read_records()
             self.answers()
             self.full_text()

@@ -45,7 +45,7 @@ from opensearchpy.exceptions import (
 )
 from opensearchpy.serializer import JSONSerializer
 
-from aitrail.errors import AitrailError, BadRequest, ConfigError, InvalidInput, Unavailable
+from aitrail.errors import AitrailError, BadRequest, ConfigError, InvalidInput, Unauthorized, Unavailable
 from aitrail.integrity.sequencer import ForkError, LogState, LogUpdate, SignedCheckpoint
 from aitrail.schemas.canonical import canonical_json
 from aitrail.schemas.generate import DATE, MULTILINGUAL_TEXT, index_template
@@ -77,6 +77,7 @@ from .base import (
 from .context import INHERITED, SYSTEM_KINDS, SpanContext, inherited_users
 from .keys import PREFIX as KEY_PREFIX
 from .keys import hash_key, new_key
+from .rowmac import RowMac, UnauthenticatedRow
 from .text import match_expression
 
 if TYPE_CHECKING:
@@ -141,11 +142,12 @@ _KEYS_MAPPING: dict[str, Any] = {
         "role": _keyword(),
         "created_at": dict(DATE),
         "revoked_at": dict(DATE),
+        "mac": {"type": "keyword", "index": False, "doc_values": False},  # aitrail.store.rowmac: read, never searched
     },
 }
 _SECRETS_MAPPING: dict[str, Any] = {
     "dynamic": "strict",
-    "properties": {"value": {"type": "binary"}},
+    "properties": {"value": {"type": "binary"}, "mac": {"type": "keyword", "index": False, "doc_values": False}},
 }
 
 
@@ -204,7 +206,12 @@ if (src.fragments == null) { src.fragments = new ArrayList(); }
 src.fragments.add(doc.record_id);
 """.replace("FIELDS", "[" + ", ".join(f"'{f}'" for f in _MERGED) + "]")
 
-_REVOKE_SCRIPT = "if (ctx._source.revoked_at == null) { ctx._source.revoked_at = params.now } else { ctx.op = 'none' }"
+# The row MAC is replaced only when it is the one the revoker checked: an altered row stays refused.
+_REVOKE_SCRIPT = (
+    "if (ctx._source.revoked_at == null) { ctx._source.revoked_at = params.now; "
+    "if (params.mac != null && ctx._source.mac == params.checked) { ctx._source.mac = params.mac } } "
+    "else { ctx.op = 'none' }"
+)
 
 _GROUP_FIELDS = {
     "tenant": "tenant", "service": "service", "model": "model", "user": "user",
@@ -304,6 +311,19 @@ def _without_credentials(url: str) -> str:
 
 def _retriable_status(status: int) -> bool:
     return status == 429 or status >= 500
+
+
+def _key_fields(doc: dict[str, Any]) -> tuple:
+    """A key document's fields in the order its row MAC covers them (aitrail.store.rowmac)."""
+    return (doc.get("key_id"), doc.get("key_hash"), doc.get("tenant"), doc.get("role"), doc.get("created_at"),
+            doc.get("revoked_at"))
+
+
+def _key_refused(key_id: str) -> Unauthorized:
+    log.warning("API key %s refused: its document in the key index does not authenticate (changed or added outside "
+                "aitrail)", key_id)
+    return Unauthorized(f"key {key_id} is refused: its row in the key store was changed or added outside aitrail "
+                        "(its MAC does not verify); an admin must create a new key")
 
 
 class OpenSearchStore:
@@ -1341,6 +1361,8 @@ class OpenSearchStore:
         info = KeyInfo(key_id=key_id, tenant=check_tenant(tenant), role=Role(role), created_at=_now())
         doc = {"key_id": key_id, "key_hash": hash_key(key), "tenant": tenant, "role": info.role.value,
                "created_at": info.created_at}
+        if self.row_mac is not None:
+            doc["mac"] = self.row_mac.key_row(*_key_fields(doc))
         with self._calling("creating a key", client_error=InvalidInput):
             self._client.index(index=self.keys_index, id=key_id, body=doc, op_type="create", refresh="wait_for")
         return key, info
@@ -1359,6 +1381,8 @@ class OpenSearchStore:
                 return None
         if not hmac.compare_digest(doc["key_hash"], hash_key(key)) or doc.get("revoked_at"):
             return None
+        if self.row_mac is not None and not self.row_mac.key_row_ok(*_key_fields(doc), doc.get("mac")):
+            raise _key_refused(key_id)
         return Principal(key_id=doc["key_id"], tenant=doc["tenant"], role=Role(doc["role"]))
 
     def list_keys(self, tenant: str | None = None) -> list[KeyInfo]:
@@ -1371,11 +1395,18 @@ class OpenSearchStore:
         ]
 
     def revoke_key(self, key_id: str) -> bool:
+        now = _now()
+        params: dict[str, Any] = {"now": now, "mac": None, "checked": None}
         with self._calling("revoking a key"):
             try:
+                if self.row_mac is not None:
+                    doc = self._client.get(index=self.keys_index, id=key_id)["_source"]
+                    if self.row_mac.key_row_ok(*_key_fields(doc), doc.get("mac")):
+                        params["checked"] = doc["mac"]
+                        params["mac"] = self.row_mac.key_row(*_key_fields(doc)[:5], now)
                 response = self._client.update(
                     index=self.keys_index, id=key_id, refresh="wait_for", retry_on_conflict=5,
-                    body={"script": {"source": _REVOKE_SCRIPT, "lang": "painless", "params": {"now": _now()}}},
+                    body={"script": {"source": _REVOKE_SCRIPT, "lang": "painless", "params": params}},
                 )
             except NotFoundError as exc:
                 if exc.error == "index_not_found_exception":
@@ -1395,17 +1426,80 @@ class OpenSearchStore:
                 if exc.error == "index_not_found_exception":
                     raise
             value = secrets.token_bytes(32)
+            body = {"value": base64.b64encode(value).decode()}
+            if self.row_mac is not None:
+                body["mac"] = self.row_mac.secret_row(name, value)
             try:
-                self._client.index(
-                    index=self.secrets_index, id=name, op_type="create",
-                    body={"value": base64.b64encode(value).decode()},
-                )
+                self._client.index(index=self.secrets_index, id=name, op_type="create", body=body)
             except ConflictError:
                 return self._read_secret(name)
             return value
 
     def _read_secret(self, name: str) -> bytes:
-        return base64.b64decode(self._client.get(index=self.secrets_index, id=name)["_source"]["value"])
+        """Raises ConfigError naming a secret whose MAC does not verify (with a row key)."""
+        source = self._client.get(index=self.secrets_index, id=name)["_source"]
+        value = base64.b64decode(source["value"])
+        if self.row_mac is not None and not self.row_mac.secret_row_ok(name, value, source.get("mac")):
+            raise ConfigError(f"the secret {name!r} in {self.secrets_index} does not authenticate: the index was "
+                              "altered (the document was replaced or added outside aitrail); restore it from a snapshot")
+        return value
+
+    # -- row authentication (aitrail.store.rowmac) -----------------------------------------
+
+    # The row key (aitrail.custody.attach_row_key); without one, no MAC is written or checked.
+    row_mac: RowMac | None = None
+
+    def _mac_rows(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """(index, id, source) of every key and secret document."""
+        for index in (self.keys_index, self.secrets_index):
+            if not self._client.indices.exists(index=index):
+                continue
+            for hit in self._scan(index, f"reading {index}"):
+                yield index, hit["_id"], hit["_source"]
+
+    def _row_ok(self, mac: RowMac, index: str, ident: str, source: dict[str, Any]) -> bool:
+        if index == self.keys_index:
+            return mac.key_row_ok(*_key_fields(source), source.get("mac"))
+        try:
+            value = base64.b64decode(source.get("value") or "", validate=True)
+        except ValueError:
+            return False
+        return mac.secret_row_ok(ident, value, source.get("mac"))
+
+    def row_macs_present(self) -> int:
+        """How many key and secret documents carry a MAC."""
+        with self._calling("looking for row MACs"):
+            return sum(1 for _, _, source in self._mac_rows() if source.get("mac"))
+
+    def authenticate_existing_rows(self, mac: RowMac) -> int:
+        """MAC every key and secret document without one: done once, when the row key is
+        created (aitrail.custody.attach_row_key). Returns how many."""
+        count = 0
+        with self._calling("authenticating the existing keys and secrets"):
+            for index, ident, source in list(self._mac_rows()):
+                if source.get("mac"):
+                    continue
+                if index == self.keys_index:
+                    tag = mac.key_row(*_key_fields(source))
+                else:
+                    tag = mac.secret_row(ident, base64.b64decode(source["value"]))
+                self._client.update(index=index, id=ident, body={"doc": {"mac": tag}}, refresh="wait_for")
+                count += 1
+        return count
+
+    def unauthenticated_rows(self) -> list[UnauthenticatedRow]:
+        """Key and secret documents whose MAC is missing or does not verify (`aitrail
+        verify`); none are reported without a row key."""
+        if self.row_mac is None:
+            return []
+        out = []
+        with self._calling("authenticating keys and secrets"):
+            for index, ident, source in self._mac_rows():
+                if not self._row_ok(self.row_mac, index, ident, source):
+                    why = "its MAC is missing" if not source.get("mac") else "its MAC does not verify"
+                    name = f"key {ident}" if index == self.keys_index else f"secret {ident}"
+                    out.append(UnauthenticatedRow(index, name, f"{why}: changed or added outside aitrail"))
+        return sorted(out, key=lambda r: (r.view, r.row))
 
     def ping(self) -> bool:
         try:

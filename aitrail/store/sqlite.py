@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-from aitrail.errors import BadRequest, Unavailable
+from aitrail.errors import BadRequest, ConfigError, Unauthorized, Unavailable
 from aitrail.integrity.sequencer import ForkError, LogState, LogUpdate, SignedCheckpoint
 from aitrail.schemas.canonical import canonical_json, record_from_json
 from aitrail.schemas.record import AuditRecord, Kind
@@ -51,6 +51,7 @@ from .base import (
 )
 from .context import INHERITED, SYSTEM_KINDS, SpanContext, inherited_users
 from .keys import hash_key, new_key
+from .rowmac import RowMac, UnauthenticatedRow
 from .text import index_terms, match_expression
 
 log = logging.getLogger(__name__)
@@ -327,8 +328,44 @@ def _shown_sql(sql: str, limit: int = 160) -> str:
     return sql if len(sql) <= limit else sql[: limit - 1] + "…"
 
 
+# Tables whose rows no Merkle log seals carry a `mac` (aitrail.store.rowmac), added by ALTER
+# TABLE on new and old stores alike, so that both declare them the same way.
+_MAC_TABLES = ("api_keys", "secrets", "dead_letters")
+
+
+def _has_mac(conn: sqlite3.Connection, table: str) -> bool:
+    return any(row[1] == "mac" for row in conn.execute(f"PRAGMA table_info({table})"))
+
+
+def _add_mac_columns(conn: sqlite3.Connection) -> None:
+    for table in _MAC_TABLES:
+        if not _has_mac(conn, table):
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN mac TEXT")
+
+
+def _key_refused(key_id: str) -> Unauthorized:
+    log.warning("API key %s refused: its row in the key store does not authenticate (changed or added outside "
+                "aitrail)", key_id)
+    return Unauthorized(f"key {key_id} is refused: its row in the key store was changed or added outside aitrail "
+                        "(its MAC does not verify); an admin must create a new key")
+
+
+def _secret_altered(name: str) -> ConfigError:
+    return ConfigError(f"the secret {name!r} in the store does not authenticate: the data folder was altered (the row "
+                       "was replaced or added outside aitrail); restore the store from a backup")
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")
+
+
+def _dead_letter_ok(mac: RowMac, row: tuple) -> bool:
+    """(id, at, reason, headers JSON, payload, mac) of a dead_letters row."""
+    try:
+        headers = json.loads(row[3])
+    except (TypeError, ValueError):
+        return False
+    return isinstance(headers, dict) and mac.dead_letter_ok(row[1], row[2], headers, row[4] or b"", row[5])
 
 
 class SqliteStore:
@@ -354,6 +391,11 @@ class SqliteStore:
                 if found and found != columns:
                     conn.execute(f"DROP INDEX {index}")
             conn.executescript(_SCHEMA)
+            _add_mac_columns(conn)
+
+    # The row key (aitrail.custody.attach_row_key): with one, API keys, secrets and dead letters
+    # carry a MAC that reads check; without one (a store opened by library code) neither happens.
+    row_mac: RowMac | None = None
 
     @classmethod
     def in_dir(cls, data_dir: Path, *, read_only: bool = False) -> SqliteStore:
@@ -763,6 +805,8 @@ class SqliteStore:
         fresh = sqlite3.connect(":memory:")
         try:
             fresh.executescript(_SCHEMA)
+            before_macs = _layout(fresh)  # a store not opened writable since it gained row MACs
+            _add_mac_columns(fresh)
             expected = _layout(fresh)
         finally:
             fresh.close()
@@ -773,7 +817,7 @@ class SqliteStore:
             if (kind, name) not in expected:
                 if kind != "table":
                     problems.append(f"{kind} {name} is not part of the store's layout: {_shown_sql(sql)}")
-            elif sql != expected[kind, name]:
+            elif sql != expected[kind, name] and not (name in _MAC_TABLES and sql == before_macs[kind, name]):
                 problems.append(f"{kind} {name} was changed: it reads {_shown_sql(sql)}, "
                                 f"aitrail creates {_shown_sql(expected[kind, name])}")
         tables = {name for kind, name in found if kind == "table"}
@@ -900,19 +944,27 @@ class SqliteStore:
     def create_key(self, tenant: str, role: Role) -> tuple[str, KeyInfo]:
         key_id, key = new_key()
         info = KeyInfo(key_id=key_id, tenant=check_tenant(tenant), role=Role(role), created_at=_now())
+        key_hash = hash_key(key)
+        mac = self.row_mac and self.row_mac.key_row(key_id, key_hash, info.tenant, info.role.value, info.created_at, None)
         with self._transaction() as conn:
             conn.execute(
-                "INSERT INTO api_keys (key_id, key_hash, tenant, role, created_at) VALUES (?, ?, ?, ?, ?)",
-                (key_id, hash_key(key), tenant, info.role.value, info.created_at),
+                "INSERT INTO api_keys (key_id, key_hash, tenant, role, created_at, mac) VALUES (?, ?, ?, ?, ?, ?)",
+                (key_id, key_hash, tenant, info.role.value, info.created_at, mac),
             )
         return key, info
 
     def authenticate(self, key: str) -> Principal | None:
+        """Raises Unauthorized (and logs the key id) for a key whose row does not authenticate."""
         row = self._conn().execute(
-            "SELECT key_id, tenant, role FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
+            "SELECT key_id, key_hash, tenant, role, created_at, revoked_at, mac FROM api_keys "
+            "WHERE key_hash = ? AND revoked_at IS NULL",
             (hash_key(key),),
         ).fetchone()
-        return Principal(key_id=row[0], tenant=row[1], role=Role(row[2])) if row else None
+        if row is None:
+            return None
+        if self.row_mac is not None and not self.row_mac.key_row_ok(*row):
+            raise _key_refused(row[0])
+        return Principal(key_id=row[0], tenant=row[2], role=Role(row[3]))
 
     def list_keys(self, tenant: str | None = None) -> list[KeyInfo]:
         sql = "SELECT key_id, tenant, role, created_at, revoked_at FROM api_keys"
@@ -924,27 +976,98 @@ class SqliteStore:
         return [KeyInfo(r[0], r[1], Role(r[2]), r[3], r[4]) for r in rows]
 
     def revoke_key(self, key_id: str) -> bool:
+        now = _now()
         with self._transaction() as conn:
-            cursor = conn.execute(
-                "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL", (_now(), key_id)
-            )
-        return cursor.rowcount == 1
+            row = conn.execute(
+                "SELECT key_id, key_hash, tenant, role, created_at, revoked_at, mac FROM api_keys "
+                "WHERE key_id = ? AND revoked_at IS NULL", (key_id,),
+            ).fetchone()
+            if row is None:
+                return False
+            mac = row[6]
+            # A row that authenticates stays authentic once revoked; one that does not stays refused.
+            if self.row_mac is not None and self.row_mac.key_row_ok(*row):
+                mac = self.row_mac.key_row(*row[:5], now)
+            conn.execute("UPDATE api_keys SET revoked_at = ?, mac = ? WHERE key_id = ?", (now, mac, key_id))
+        return True
 
     # -- housekeeping -------------------------------------------------------------------
 
     def secret(self, name: str) -> bytes:
-        """A random 32-byte secret kept in the store, created on first use (pseudonym key)."""
+        """A random 32-byte secret kept in the store, created on first use (pseudonym key).
+        With a row key, one whose MAC does not verify raises ConfigError naming it."""
+        value = secrets.token_bytes(32)
+        mac = self.row_mac and self.row_mac.secret_row(name, value)
         with self._transaction() as conn:
-            conn.execute("INSERT OR IGNORE INTO secrets (name, value) VALUES (?, ?)", (name, secrets.token_bytes(32)))
-            return conn.execute("SELECT value FROM secrets WHERE name = ?", (name,)).fetchone()[0]
+            conn.execute("INSERT OR IGNORE INTO secrets (name, value, mac) VALUES (?, ?, ?)", (name, value, mac))
+            stored, tag = conn.execute("SELECT value, mac FROM secrets WHERE name = ?", (name,)).fetchone()
+        if self.row_mac is not None and not self.row_mac.secret_row_ok(name, stored, tag):
+            raise _secret_altered(name)
+        return stored
 
     def add_dead_letter(self, reason: str, payload: bytes, headers: dict[str, str]) -> None:
         """Embedded mode's dead-letter topic: input we could not ingest, kept with the reason."""
+        at = _now()
+        mac = self.row_mac and self.row_mac.dead_letter(at, reason, headers, payload)
         with self._transaction() as conn:
             conn.execute(
-                "INSERT INTO dead_letters (at, reason, headers, payload) VALUES (?, ?, ?, ?)",
-                (_now(), reason, json.dumps(headers, sort_keys=True), payload),
+                "INSERT INTO dead_letters (at, reason, headers, payload, mac) VALUES (?, ?, ?, ?, ?)",
+                (at, reason, json.dumps(headers, sort_keys=True), payload, mac),
             )
+
+    # -- row authentication (aitrail.store.rowmac) -----------------------------------------
+
+    def row_macs_present(self) -> int:
+        """How many API key, secret and dead-letter rows carry a MAC."""
+        conn = self._conn()
+        return sum(
+            conn.execute(f"SELECT count(*) FROM {table} WHERE mac IS NOT NULL").fetchone()[0]
+            for table in _MAC_TABLES if _has_mac(conn, table)
+        )
+
+    def authenticate_existing_rows(self, mac: RowMac) -> int:
+        """MAC every API key, secret and dead-letter row without one: done once, when the row
+        key is created (aitrail.custody.attach_row_key). Returns how many."""
+        count = 0
+        with self._transaction() as conn:
+            for row in conn.execute(
+                "SELECT key_id, key_hash, tenant, role, created_at, revoked_at FROM api_keys WHERE mac IS NULL"
+            ).fetchall():
+                conn.execute("UPDATE api_keys SET mac = ? WHERE key_id = ?", (mac.key_row(*row), row[0]))
+                count += 1
+            for name, value in conn.execute("SELECT name, value FROM secrets WHERE mac IS NULL").fetchall():
+                conn.execute("UPDATE secrets SET mac = ? WHERE name = ?", (mac.secret_row(name, value), name))
+                count += 1
+            for ident, at, reason, headers, payload in conn.execute(
+                "SELECT id, at, reason, headers, payload FROM dead_letters WHERE mac IS NULL"
+            ).fetchall():
+                tag = mac.dead_letter(at, reason, json.loads(headers), payload)
+                conn.execute("UPDATE dead_letters SET mac = ? WHERE id = ?", (tag, ident))
+                count += 1
+        return count
+
+    def unauthenticated_rows(self) -> list[UnauthenticatedRow]:
+        """API key, secret and dead-letter rows whose MAC is missing or does not verify
+        (`aitrail verify`); none are reported without a row key."""
+        if self.row_mac is None:
+            return []
+        conn, mac, out = self._conn(), self.row_mac, []
+
+        def bad(table: str, query: str, check, name) -> None:
+            if not _has_mac(conn, table):
+                query = query.replace(", mac FROM", ", NULL FROM")
+            for row in conn.execute(query):
+                if not check(row):
+                    why = "its MAC is missing" if row[-1] is None else "its MAC does not verify"
+                    out.append(UnauthenticatedRow(table, name(row), f"{why}: changed or added outside aitrail"))
+
+        bad("api_keys", "SELECT key_id, key_hash, tenant, role, created_at, revoked_at, mac FROM api_keys ORDER BY key_id",
+            lambda r: mac.key_row_ok(*r), lambda r: f"key {r[0]}")
+        bad("secrets", "SELECT name, value, mac FROM secrets ORDER BY name",
+            lambda r: mac.secret_row_ok(*r), lambda r: f"secret {r[0]}")
+        bad("dead_letters", "SELECT id, at, reason, headers, payload, mac FROM dead_letters ORDER BY id",
+            lambda r: _dead_letter_ok(mac, r), lambda r: f"dead letter {r[0]}")
+        return out
 
     def dead_letters(self) -> list[DeadLetter]:
         rows = self._conn().execute("SELECT reason, payload, headers FROM dead_letters ORDER BY id").fetchall()

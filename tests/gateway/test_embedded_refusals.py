@@ -27,10 +27,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 import aitrail.collector.pipeline as pipeline_module
+from aitrail.custody import load_row_key
 from aitrail.errors import InvalidInput
 from aitrail.gateway.grpc import TRACE_SERVICE
 from aitrail.gateway.status import STATUS_DETAILS_TRAILER
 from aitrail.store.base import Role
+from aitrail.store.keys import hash_key
 from tests.running import RunningServer
 
 PROTOBUF, JSON = "application/x-protobuf", "application/json"
@@ -65,8 +67,12 @@ def keys(server):
     auditor, _ = server.store.create_key("acme", Role.AUDITOR)
     legacy, info = server.store.create_key("acme", Role.INGEST)
     db = sqlite3.connect(server.settings.data_dir / "aitrail.db")
-    with db:  # as a key made before tenant names were checked could have it
-        db.execute("UPDATE api_keys SET tenant = ? WHERE key_id = ?", ("acme/../globex", info.key_id))
+    # As a key made before tenant names were checked could have it, authenticated (its row MAC,
+    # aitrail.store.rowmac) when the row key was made for the existing rows.
+    mac = load_row_key(server.settings).key_row(
+        info.key_id, hash_key(legacy), "acme/../globex", info.role.value, info.created_at, None)
+    with db:
+        db.execute("UPDATE api_keys SET tenant = ?, mac = ? WHERE key_id = ?", ("acme/../globex", mac, info.key_id))
     db.close()
     return {"ingest": ingest, "auditor": auditor, "legacy": legacy}
 
