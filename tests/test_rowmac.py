@@ -326,3 +326,31 @@ def test_a_forged_kafka_dead_letter_is_not_replayed(services, tmp_path, monkeypa
     finally:
         with contextlib.suppress(Exception):
             drop_opensearch_layout(services.opensearch, f"r{tag}")
+
+
+@pytest.mark.services
+def test_opensearch_rows_present_when_the_row_key_is_made_are_trusted_then(services, tmp_path, monkeypatch):
+    from aitrail.store.opensearch import OpenSearchStore
+    from tests.conftest import drop_opensearch_layout
+
+    prefix = f"rm{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("AITRAIL_OPENSEARCH__URL", services.opensearch)
+    monkeypatch.setenv("AITRAIL_OPENSEARCH__INDEX_PREFIX", prefix)
+    settings = load_settings(None, data_dir=tmp_path / "data")
+    old = OpenSearchStore.from_settings(settings.opensearch)  # as a version before row MACs wrote them
+    try:
+        key, info = old.create_key("acme", Role.AUDITOR)
+        secret = old.secret("pseudonym")
+        assert not custody.row_key_path(settings).exists()
+        store = open_store(settings)
+        try:
+            assert store.authenticate(key).tenant == "acme" and store.secret("pseudonym") == secret
+            assert store.unauthenticated_rows() == []
+            old.create_key("globex", Role.ADMIN)  # written without a MAC after the key was made: refused
+            assert [r.row.split()[0] for r in store.unauthenticated_rows()] == ["key"]
+        finally:
+            store.close()
+    finally:
+        old.close()
+        with contextlib.suppress(Exception):
+            drop_opensearch_layout(services.opensearch, prefix)
