@@ -468,6 +468,33 @@ class OpenSearchStore:
                 if not self._create_index(name, {"settings": self._index_settings(shards), "mappings": mapping}):
                     self._client.indices.put_mapping(index=name, body=mapping)
 
+    def layout_problems(self) -> list[str]:
+        """What differs in the indices' own structure from what this code creates: a field
+        mapped otherwise (another analyser on question/answer hides answers from search, a
+        keyword turned into text changes every filter on it), an index's `dynamic` rule, or
+        analysis settings of its own (aitrail uses built-in analysers only). Fields an older
+        version did not map are not problems. Read-only."""
+        fixed = {
+            self.answers_index: _ANSWERS_MAPPING, self.keys_index: _KEYS_MAPPING, self.secrets_index: _SECRETS_MAPPING,
+            self.logs_index: _LOGS_MAPPING, self.nodes_index: _NODES_MAPPING, self.checkpoints_index: _CHECKPOINTS_MAPPING,
+        }
+        records = self.records_template()["template"]["mappings"]
+        records_prefix = self.records_pattern.rstrip("*")
+        with self._calling("reading the index layout"):
+            mappings = self._client.indices.get_mapping(index=f"{self.prefix}-*", params={"ignore_unavailable": "true"})
+            settings = self._client.indices.get_settings(index=f"{self.prefix}-*", params={"ignore_unavailable": "true"})
+        problems: list[str] = []
+        for index in sorted(mappings):
+            expected = fixed.get(index) or (records if index.startswith(records_prefix) else None)
+            if expected is None:
+                continue
+            problems += [f"index {index}: {p}" for p in _mapping_differences(expected, mappings[index].get("mappings", {}))]
+            analysis = settings.get(index, {}).get("settings", {}).get("index", {}).get("analysis")
+            if analysis:
+                problems.append(f"index {index}: analysis settings of its own ({_short(analysis)}); aitrail uses "
+                                "built-in analysers only")
+        return problems
+
     def _upgrade_records_mapping(self) -> None:
         """Fields added to the record model reach the current write index, so a newer
         writer's records are not refused by `dynamic: strict`; a change OpenSearch cannot
@@ -1525,3 +1552,41 @@ class OpenSearchStore:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _short(value: Any, limit: int = 160) -> str:
+    text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _mapping_differences(expected: Mapping[str, Any], actual: Mapping[str, Any], path: tuple[str, ...] = ()) -> list[str]:
+    """Each setting of `expected` (a mapping or a field's definition, recursively through
+    `properties` and `fields`) that `actual` holds with another value. Fields `actual` lacks
+    are left out (an index made before they were added); extra ones too."""
+    out = []
+    for key, want in expected.items():
+        if key in ("properties", "fields"):
+            have = actual.get(key) or {}
+            for name, definition in want.items():
+                if name in have and isinstance(definition, Mapping) and isinstance(have[name], Mapping):
+                    out += _mapping_differences(definition, have[name], (*path, name))
+            continue
+        got = actual.get(key, _DEFAULT_MAPPING.get(key))
+        if not _same_setting(got, want):
+            where = ".".join(path) or "the index"
+            out.append(f"{where}: {key} is {_short(got)}, aitrail maps {_short(want)}")
+    return out
+
+
+# What OpenSearch leaves out of a mapping it returns when the value is the default.
+_DEFAULT_MAPPING: dict[str, Any] = {"index": True, "doc_values": True, "_source": {"enabled": True}}
+
+
+def _same_setting(got: Any, want: Any) -> bool:
+    """Equal as OpenSearch means it: 1e10 and 10000000000.0, true and "true"."""
+    if isinstance(got, (int, float)) and isinstance(want, (int, float)) and not isinstance(want, bool):
+        return float(got) == float(want)
+    if isinstance(got, Mapping) and isinstance(want, Mapping):
+        return set(got) == set(want) and all(_same_setting(got[k], want[k]) for k in want)
+    return str(got).lower() == str(want).lower()
+

@@ -650,3 +650,24 @@ def test_sqlite_merkle_node_deleted_or_mangled(trail, how):
                     victim.log_id, victim.leaf_index)
     out = expect_named(trail, victim.log_id)
     assert "[node_mismatch]" in out
+
+
+@OPENSEARCH
+def test_opensearch_answers_index_rebuilt_with_another_analyser(trail):
+    """Every document as before, but `answer` analysed otherwise: searches for a stemmed word
+    ("refunds" for "refund") miss. The index's mapping is checked against the code's."""
+    import copy
+
+    from aitrail.store import opensearch as layout
+
+    client, index = trail.insider.client, trail.store.answers_index
+    spare = f"{index}-spare"
+    client.reindex(body={"source": {"index": index}, "dest": {"index": spare}}, params={"refresh": "true"})
+    mapping = copy.deepcopy(layout._ANSWERS_MAPPING)
+    mapping["properties"]["answer"]["analyzer"] = "whitespace"
+    client.indices.delete(index=index)
+    client.indices.create(index=index, body={"mappings": mapping})
+    client.reindex(body={"source": {"index": spare}, "dest": {"index": index}}, params={"refresh": "true"})
+    client.indices.delete(index=spare)
+    out = expect_named(trail, index)
+    assert "FAILED view [layout]" in out and 'answer: analyzer is "whitespace"' in out
