@@ -31,6 +31,10 @@ class KafkaSettings(BaseModel):
         10_000, ge=1_000, description="A collector silent this long loses its partitions to the others."
     )
     heartbeat_interval_ms: int = Field(1_000, ge=100, description="How often a collector tells the group it is alive.")
+    max_poll_interval_ms: int = Field(
+        300_000, ge=1_000,
+        description="A collector that does not poll for this long leaves its group (it keeps polling while the store is away).",
+    )
 
     @model_validator(mode="after")
     def _distinct_topics(self) -> KafkaSettings:

@@ -261,7 +261,7 @@ class KafkaBus:
                     bootstrap_servers=self.settings.bootstrap_servers, group_id=self.settings.group_id,
                     enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=self._max_batch,
                     session_timeout_ms=self.settings.session_timeout_ms,
-                    heartbeat_interval_ms=self.settings.heartbeat_interval_ms, max_poll_interval_ms=300_000,
+                    heartbeat_interval_ms=self.settings.heartbeat_interval_ms, max_poll_interval_ms=self.settings.max_poll_interval_ms,
                 )
                 topics = [self.settings.topic] + ([self.settings.logs_topic] if self.settings.logs_topic else [])
                 self._consumer.subscribe(topics, listener=_Listener(self))

@@ -279,24 +279,6 @@ def _insert_rows(conn: sqlite3.Connection, rows: list[_Rows]) -> None:
     )
 
 
-def _layout(conn: sqlite3.Connection) -> dict[tuple[str, str], str]:
-    """(type, name) -> declaration of every index, trigger, view and table of the main
-    schema (SQLite's own objects left out)."""
-    rows = conn.execute(
-        "SELECT type, name, coalesce(sql, '') FROM main.sqlite_master WHERE name NOT LIKE 'sqlite_%'"
-    ).fetchall()
-    return {(kind, name): " ".join(sql.split()) for kind, name, sql in rows}
-
-
-def _trigger_table(sql: str) -> str | None:
-    match = re.search(r"\bON\s+(\w+)", sql, re.IGNORECASE)
-    return match.group(1) if match else None
-
-
-def _shown_sql(sql: str, limit: int = 160) -> str:
-    return sql if len(sql) <= limit else sql[: limit - 1] + "…"
-
-
 # What context inheritance reads of a record (aitrail.store.context), straight from its body.
 _CONTEXT_COLUMNS = (
     "tenant, trace_id, span_id, json_extract(body, '$.parent_span_id'), record_id, origin, "
