@@ -105,9 +105,13 @@ def record_cli_read(
                 sealing, store, create_key=True, default_log=cli_log_base(), key_path=access_key_path(settings)
             )
             if sequencing is None:  # integrity off: logged all the same, unsealed
-                store.write([entry])
+                result = store.write([entry])
             else:
-                sequencing.write([entry])
+                result = sequencing.write([entry])
+        refused = getattr(result, "refused", None) or {}
+        if refused:  # the store refused the entry itself: as unwritten as a failed write
+            outcome, why = next(iter(refused.values()))
+            raise AitrailError(f"the store refused the entry ({outcome}): {why}")
     except AitrailError as exc:
         raise Unavailable(
             f"this read could not be written to the access log, so it is not shown: {exc.message}"

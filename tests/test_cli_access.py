@@ -142,3 +142,23 @@ def test_cli_reads_show_in_the_api_access_log(tmp_path, capsys):
         store.close()
     assert [e.endpoint for e in entries] == ["cli:verify --record", "cli:replay"]
     assert entries[1].cli["os_user"] == getpass.getuser() and entries[1].status == 200
+
+
+def test_a_read_whose_entry_the_store_refuses_is_not_shown(tmp_path, capsys, monkeypatch):
+    """Per-record outcomes: a store that refuses the access record (rather than failing the
+    write) must stop the read as surely as a failed write."""
+    from aitrail.store.base import RecordsRejected
+
+    seeded(tmp_path)
+    real_write = SqliteStore.write
+
+    def refusing(self, records, *args, **kwargs):  # as the stores refuse sealed records
+        if any(r.kind == "access" for r in records):
+            raise RecordsRejected({r.record_id: "value out of range" for r in records}, len(records))
+        return real_write(self, records, *args, **kwargs)
+
+    monkeypatch.setattr(SqliteStore, "write", refusing)
+    assert main(["answers", "--q", "refund", "--data-dir", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "could not be written to the access log" in captured.err and "value out of range" in captured.err
