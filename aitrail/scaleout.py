@@ -309,7 +309,11 @@ async def api(settings: Settings) -> AsyncIterator[int]:
         stack.callback(timer.cancel)
 
         async def append(records) -> None:
-            await asyncio.to_thread(sequencing.write, records)
+            result = await asyncio.to_thread(sequencing.write, records)
+            refused = getattr(result, "refused", None) or {}
+            if refused:  # the entry itself refused by the store: as unwritten as a failed write
+                outcome, why = next(iter(refused.values()))
+                raise AitrailError(f"the store refused the access entry ({outcome}): {why}")
 
         app = create_app(
             store, pseudonymise=hmac_pseudonymiser(store.secret("pseudonym")), verifier=trusted_verifiers(settings) or None,
