@@ -234,6 +234,7 @@ class KafkaBus:
         # While the store is away: partitions paused, polled anyway so the group keeps us.
         self._poll_lock = asyncio.Lock()
         self._keepalive: asyncio.Task | None = None
+        self._keepalive_stop = asyncio.Event()
 
     async def __aenter__(self) -> KafkaBus:
         await ensure_topics(self.settings)
@@ -390,8 +391,10 @@ class KafkaBus:
         self._consumer.pause(*self._consumer.assignment())
         log.info("partitions paused while the store is unavailable: %s", sorted(map(tuple, self._consumer.paused())))
 
+        stop = self._keepalive_stop = asyncio.Event()
+
         async def poll_while_paused() -> None:
-            while True:
+            while not stop.is_set():
                 async with self._poll_lock:
                     self._consumer.pause(*self._consumer.assignment())
                     await self._consumer.getmany(timeout_ms=500)  # paused: returns nothing
@@ -402,11 +405,14 @@ class KafkaBus:
         task, self._keepalive = self._keepalive, None
         if task is None or self._consumer is None:
             return
-        task.cancel()
+        # Let the poll in progress end by itself (it returns within its timeout): cancelling it
+        # in the middle of a group rejoin can leave the consumer out of its group, and the
+        # group rebalancing without it until max_poll_interval_ms.
+        self._keepalive_stop.set()
         try:
             await task
-        except asyncio.CancelledError:
-            pass
+        except Exception:  # noqa: BLE001 - a failed poll ends the keepalive either way
+            log.warning("the keepalive poll ended with an error", exc_info=True)
         self._consumer.resume(*self._consumer.paused())
         log.info("partitions resumed")
 

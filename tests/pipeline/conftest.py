@@ -110,6 +110,8 @@ class Pipeline:
             AITRAIL_OPENSEARCH__URL=self.opensearch_url, AITRAIL_OPENSEARCH__INDEX_PREFIX=self.prefix,
             AITRAIL_DATA_DIR=str(self.workdir / "data"), AITRAIL_LOG_FORMAT="json",
             AITRAIL_COLLECTOR__DEFAULT_TENANT="stock",
+            # this test's own logs topic: never the broker-wide otlp_logs other tests' collectors read
+            AITRAIL_KAFKA__LOGS_TOPIC=self.topic.replace(".spans", ".logs"),
         )
         env.update(extra)
         return env

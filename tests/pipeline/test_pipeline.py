@@ -272,7 +272,7 @@ def test_two_collectors_share_six_partitions_and_take_over(pipeline):
     def partitions(process) -> set[str]:
         text = pipeline.metrics(process)
         return {line.split('partition="')[1].split('"')[0] for line in text.splitlines()
-                if line.startswith("aitrail_consumer_lag{")}
+                if line.startswith("aitrail_consumer_lag{") and f'topic="{pipeline.topic}"' in line}
 
     owned_first = wait_until(lambda: partitions(first), 60, "the first collector's partitions")
     owned_second = wait_until(lambda: partitions(second), 60, "the second collector's partitions")
