@@ -10,6 +10,7 @@ import time
 import uuid
 
 import pytest
+from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -145,8 +146,18 @@ def test_a_2mb_dead_letter_is_truncated_to_fit_and_the_partition_goes_on(pipelin
         producer = AIOKafkaProducer(bootstrap_servers=pipeline.kafka, max_request_size=3 * 1024 * 1024)
         await producer.start()
         try:
-            await producer.send_and_wait(pipeline.topic, poison, key=b"poison", partition=0,
-                                         headers=[("aitrail-tenant", b"acme")])
+            # The broker applies a topic's new limit asynchronously: until the partition's leader
+            # has it, the message is refused as too large (bounded: 60 s).
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    await producer.send_and_wait(pipeline.topic, poison, key=b"poison", partition=0,
+                                                 headers=[("aitrail-tenant", b"acme")])
+                    break
+                except MessageSizeTooLargeError:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.5)
         finally:
             await producer.stop()
         return poison
