@@ -397,9 +397,26 @@ class KafkaBus:
             while not stop.is_set():
                 async with self._poll_lock:
                     self._consumer.pause(*self._consumer.assignment())
-                    await self._consumer.getmany(timeout_ms=500)  # paused: returns nothing
+                    self._give_back(await self._consumer.getmany(timeout_ms=500))
 
         self._keepalive = asyncio.create_task(poll_while_paused())
+
+    def _give_back(self, fetched: Mapping[TopicPartition, Sequence]) -> None:
+        """Records a keepalive poll returned are not ours to drop: each partition goes back to
+        its first one, so they are delivered again once the store is back. (A poll that waits
+        out a rebalance returns records of the partitions just assigned, which start unpaused:
+        dropping them skipped hundreds of acknowledged spans whose offsets were then committed
+        past.) Synchronous after the poll, so the position is exactly the one before it."""
+        for tp, records in fetched.items():
+            if records:
+                self._consumer.seek(tp, records[0].offset)
+                log.info("keepalive poll returned %d record(s) of %s:%d, given back at offset %d",
+                         len(records), tp.topic, tp.partition, records[0].offset)
+
+    def _assigned_while_paused(self, assigned: set[TopicPartition]) -> None:
+        """Partitions assigned while the store is away are paused before anything is fetched."""
+        if self._keepalive is not None and assigned and self._consumer is not None:
+            self._consumer.pause(*assigned)
 
     async def _resume(self) -> None:
         task, self._keepalive = self._keepalive, None
@@ -471,5 +488,6 @@ class _Listener(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned) -> None:
         self._bus._rebalanced()
+        self._bus._assigned_while_paused(set(assigned))
         if assigned and self._bus._on_assigned is not None:
             await self._bus._on_assigned(set(assigned))

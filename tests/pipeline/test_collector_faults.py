@@ -206,3 +206,56 @@ def test_the_checkpoint_timer_survives_any_exception():
 
     assert asyncio.run(run()) >= 4  # it went on ticking after both failures
     assert len(errors) == 2
+
+
+def test_no_record_is_dropped_by_the_keepalive_poll_across_a_rebalance(services):
+    """The store is away: the batch in hand waits, its partitions paused and polled so the
+    consumer keeps its place. Another member joins and leaves meanwhile: the partitions
+    assigned by those rebalances start unpaused, and the poll waiting out the rebalance
+    returns their records. They must be given back, not dropped: once the store is back,
+    every offset of the topic is delivered (nothing was committed, so all of them)."""
+    topic = f"k{uuid.uuid4().hex[:8]}.spans"
+    quick = dict(session_timeout_ms=6000, heartbeat_interval_ms=300)
+    settings = KafkaSettings(bootstrap_servers=services.kafka, topic=topic, dlq_topic=topic + ".dlq",
+                             group_id=f"g-{topic}", partitions=6, **quick)
+    asyncio.run(ensure_topics(settings))
+    payloads, _ = build_requests(300, 1, seed=4)
+    messages = asyncio.run(produce(services.kafka, topic, [ExportTraceServiceRequest.FromString(p) for p in payloads]))
+
+    async def until(condition, what: str, timeout: float = 60) -> None:
+        for _ in range(int(timeout * 10)):  # bounded
+            if condition():
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    async def run() -> tuple[dict[int, set[int]], dict[int, int]]:
+        async with KafkaBus(settings, produce=False, consume=True, max_batch=20, fetch_wait_ms=100) as bus:
+            batches = bus.batches()
+            held = await anext(batches)  # the batch the store is not taking
+            await held.pause()
+            everything = len(bus._consumer.assignment())
+            async with KafkaBus(settings, produce=False, consume=True) as other:
+                await until(lambda: other._consumer.assignment(), "the second member owning partitions")
+            # it left: every partition comes back to the paused consumer
+            await until(lambda: len(bus._consumer.assignment()) == everything, "the partitions coming back")
+            await asyncio.sleep(2)  # keepalive polls run over the new assignment meanwhile
+            await held.resume()
+            assert held.stale  # fetched before the rebalances
+            await held.discard()
+            delivered: dict[int, set[int]] = {}
+            while sum(map(len, delivered.values())) < messages:
+                try:  # bounded: 15 s without a message is the end (offsets were dropped)
+                    batch = await asyncio.wait_for(anext(batches), 15)
+                except TimeoutError:
+                    break
+                for message in batch.messages:
+                    delivered.setdefault(message.position.partition, set()).add(message.position.offset)
+                await batch.ack()
+            ends = await bus._consumer.end_offsets([TopicPartition(topic, p) for p in range(6)])
+            return delivered, {tp.partition: end for tp, end in ends.items()}
+
+    delivered, ends = asyncio.run(asyncio.wait_for(run(), 180))
+    assert sum(ends.values()) == messages
+    missing = {p: end - len(delivered.get(p, ())) for p, end in ends.items() if delivered.get(p, set()) != set(range(end))}
+    assert not missing, f"offsets never delivered after the store came back (partition: count): {missing}"
