@@ -8,7 +8,15 @@ same trace and span ids as the span they belong to. Everything else is skipped.
 `openinference.span.kind`, `traceloop.span.kind`, an aitrail SDK attribute that names a kind
 (`aitrail.prompt.*`, `aitrail.retrieval.*`, `aitrail.feedback.*`), a `gen_ai.*` span event,
 or a vector-store span (`db.system` chroma, pinecone, qdrant, …) carrying Traceloop
-attributes or result events. Plain HTTP / database spans give no record.
+attributes or result events. Plain HTTP / database spans give no record, with one exception:
+
+**Context span** — a span with no GenAI marker that says who asked (a user id such as
+`enduser.id` / `user.id`, or `session.id`) and is where a request enters: a SERVER span or
+the trace's root. Web frameworks set these ids on that span only; it becomes a record of kind
+`context` (its own ids, times, status, name and attributes, no content), so that the records
+under it inherit the user and session whichever of them arrives first, in whatever batch
+(`aitrail.store.context`). Other plain spans stay unrecorded even when an SDK stamped the
+user on them (every database call would otherwise become a record).
 
 **Conventions** (the record's `semconv`):
 
@@ -25,6 +33,8 @@ attributes or result events. Plain HTTP / database spans give no record.
   `input.value` / `output.value`);
 - `openllmetry` — Traceloop OpenLLMetry (`traceloop.*`, `llm.request.type`, `llm.usage.*`,
   `gen_ai.*` in its own flavour, vector-store `db.query.result` events);
+- `otel` — context spans: the general OpenTelemetry attributes (`enduser.id`, `user.id`,
+  `session.id`) on a plain SERVER or root span;
 - `aitrail` — records whose kind comes from our SDK's own attributes (prompt render,
   retrieval with `aitrail.retrieval.documents`, feedback).
 
@@ -150,8 +160,8 @@ Pricer = Callable[..., Any]
 where CostResult has `amount` (Decimal | None), `currency`, `price_table_version`,
 `priced_by`, `reason` (see `aitrail.collector.cost.compute_cost`)."""
 
-COMPLETION, RETRIEVAL, TOOL, AGENT, PROMPT, EVALUATION, FEEDBACK = (
-    "completion", "retrieval", "tool", "agent", "prompt", "evaluation", "feedback",
+COMPLETION, RETRIEVAL, TOOL, AGENT, PROMPT, EVALUATION, FEEDBACK, CONTEXT = (
+    "completion", "retrieval", "tool", "agent", "prompt", "evaluation", "feedback", "context",
 )
 
 
@@ -279,6 +289,8 @@ _USER_KEYS = (
     "langfuse.user.id", "user.email", "user.name", "user.full_name",
 )
 _USER_RANK = {k: i for i, k in enumerate(_USER_KEYS)}
+# What makes a plain SERVER or root span a context span (see the module's docstring).
+_CONTEXT_KEYS = frozenset(_USER_KEYS) | {"session.id"}
 _ASSOC_USER_KEYS = {"user_id": 20, "userId": 21, "user": 22, "user_email": 23, "email": 24}
 _ASSOC_SESSION_KEYS = ("session_id", "sessionId", "thread_id", "chat_id", "conversation_id")
 _PARAM_USER_KEYS = ("user", "safety_identifier", "user_id")
@@ -550,7 +562,8 @@ def normalise_traces(
         for scope_spans in resource_spans.scope_spans:
             scope: tuple[str, str] | None = None
             for span in scope_spans.spans:
-                if not _is_of_interest(span):
+                interest = _interest(span)
+                if interest is None:
                     continue
                 if res is None:
                     res = _resource(resource_spans.resource)
@@ -558,7 +571,7 @@ def normalise_traces(
                     scope = (scope_spans.scope.name, scope_spans.scope.version)
                 keep = len(out)
                 try:
-                    _span_records(span, scope, res, ctx, out)
+                    _span_records(span, scope, res, ctx, out, context_only=interest is CONTEXT)
                 except TimeOutOfRange as why:  # the span and its evaluations: all or none
                     ctx.refuse(out, keep, why)
     return ctx.done(out)
@@ -616,28 +629,43 @@ def normalise_logs(
 # --- traces -----------------------------------------------------------------------------
 
 
-def _is_of_interest(span: Any) -> bool:
+_SERVER = 2  # opentelemetry.proto.trace.v1.Span.SpanKind.SPAN_KIND_SERVER
+
+
+def _interest(span: Any) -> str | None:
+    """"genai" for a span of interest, CONTEXT for a context span, None for neither."""
     vector_db = False
     traceloop = False
+    context = False
     for kv in span.attributes:
         key = kv.key
         if key.startswith(_MARKER_PREFIXES) or key in _MARKER_KEYS:
-            return True
+            return "genai"
         if key == "db.system" or key == "db.system.name":
             vector_db = kv.value.string_value.lower() in _VECTOR_DBS
         elif key.startswith(("traceloop.", "db.vector.")):
             traceloop = True
+        elif key in _CONTEXT_KEYS:
+            context = True
     for event in span.events:
         name = event.name
         if name.startswith("gen_ai."):
-            return True
+            return "genai"
         if name in _DB_RESULT_EVENTS:
             traceloop = True
-    return vector_db and traceloop
+    if vector_db and traceloop:
+        return "genai"
+    if context and (span.kind == _SERVER or not span.parent_span_id):
+        return CONTEXT
+    return None
 
 
-def _span_records(span: Any, scope: tuple[str, str], res: _Resource, ctx: _Ctx, out: list[AuditRecord]) -> None:
+def _span_records(
+    span: Any, scope: tuple[str, str], res: _Resource, ctx: _Ctx, out: list[AuditRecord], *, context_only: bool = False
+) -> None:
     src = _Source("span")
+    if context_only:
+        src.kind = CONTEXT
     src.trace_id = id_hex(span.trace_id)
     src.span_id = id_hex(span.span_id)
     src.parent_span_id = id_hex(span.parent_span_id)
@@ -1138,6 +1166,8 @@ def _kind(
     op = special.get("gen_ai.operation.name") if special else None
     if not isinstance(op, str) or not op:
         op = None
+    if src.kind == CONTEXT:
+        return CONTEXT, op, False
     if src.kind is not None:
         return src.kind, op or src.kind, False
     if not _FEEDBACK_KEYS.isdisjoint(attrs):
@@ -1184,6 +1214,8 @@ def _kind(
 def _semconv(
     attrs: dict[str, Any], src: _Source, from_aitrail: bool, traceloop_seen: bool, indexed: dict[str, Any]
 ) -> str:
+    if src.kind == CONTEXT:
+        return "otel"
     if from_aitrail:
         return "aitrail"
     if "openinference.span.kind" in attrs:

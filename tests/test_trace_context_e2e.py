@@ -1,6 +1,8 @@
-"""Trace context end to end on the embedded server: a real OpenTelemetry SDK exports an agent
+"""Trace context end to end on the embedded server: a real OpenTelemetry SDK exports a root
 span carrying `user.id` / `session.id` and a chat span under it that carries neither, root
-first or root last (SimpleSpanProcessor: one export request per span, as it ends)."""
+first or root last (SimpleSpanProcessor: one export request per span, as it ends). The root
+is an agent span, or a plain HTTP SERVER span as a web framework makes (no GenAI attribute:
+it is kept as a `context` record)."""
 
 from __future__ import annotations
 
@@ -37,16 +39,21 @@ def get(server, keys, path, **params):
     return httpx.get(server.api + path, params=params, headers=headers, timeout=30)
 
 
-def send(server, keys, *, root_first: bool, question: str, user: str) -> tuple[str, str]:
+def send(server, keys, *, root_first: bool, question: str, user: str, root: str = "agent") -> tuple[str, str]:
     exporter = OTLPSpanExporter(endpoint=server.otlp_http + "/v1/traces",
                                 headers={"authorization": f"Bearer {keys[Role.INGEST]}"})
     provider = TracerProvider(resource=Resource.create({"service.name": "context-bot"}))
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("test-instrumentation")
-    root = tracer.start_span("invoke_agent support", attributes={
-        "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "support", "user.id": user,
-        "session.id": f"session-{len(user)}-{user[6]}",
-    })
+    who = {"user.id": user, "session.id": f"session-{len(user)}-{user[6]}"}
+    if root == "http":
+        root = tracer.start_span("POST /chat", kind=trace.SpanKind.SERVER, attributes={
+            "http.request.method": "POST", "url.path": "/chat", "http.route": "/chat", **who,
+        })
+    else:
+        root = tracer.start_span("invoke_agent support", attributes={
+            "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "support", **who,
+        })
     root_span_id = format(root.get_span_context().span_id, "016x")
     if root_first:
         root.end()
@@ -74,16 +81,17 @@ def wait_for(condition, what: str, timeout: float = 30):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.parametrize("root", ["agent", "http"], ids=["agent-root", "http-server-root"])
 @pytest.mark.parametrize("root_first", [True, False], ids=["root-first", "root-last"])
-def test_user_and_session_reach_the_completion(server, keys, root_first):
-    user = f"carol-{root_first}@example.com"
-    question = f"When does my parcel arrive ({'early' if root_first else 'late'} root)?"
-    trace_id, root_span_id = send(server, keys, root_first=root_first, question=question, user=user)
+def test_user_and_session_reach_the_completion(server, keys, root_first, root):
+    user = f"carol-{root_first}-{root}@example.com"
+    question = f"When does my parcel arrive ({'early' if root_first else 'late'} {root} root)?"
+    trace_id, root_span_id = send(server, keys, root_first=root_first, question=question, user=user, root=root)
     # both spans stored
     replay = wait_for(lambda: (r := get(server, keys, f"/v1/traces/{trace_id}").json()).get("records")
                       and len(r["records"]) == 2 and r, "both records of the trace")
     root_view, chat_view = replay["records"]
-    assert (root_view["kind"], chat_view["kind"]) == ("agent", "completion")
+    assert (root_view["kind"], chat_view["kind"]) == ({"agent": "agent", "http": "context"}[root], "completion")
     pseudonym = root_view["user_pseudonym"]
     assert pseudonym.startswith("u_") and user not in json.dumps(replay)
     resolved = "ingest" if root_first else "query"

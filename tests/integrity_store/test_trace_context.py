@@ -223,3 +223,71 @@ def test_stored_copies_are_read_in_real_time(store):
     assert (found.record_id, found.span_id, found.parent_span_id) == (child.record_id, span(2), span(1))
     assert found.values == (None, None, None)
     assert store.span_contexts([("acme", child.trace_id)]) == ([] if hasattr(store, "records_pattern") else [found])
+
+
+def _otlp(*spans: dict):
+    """An export request of plain OTLP spans: name, span/parent numbers, kind, attributes."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+    request = ExportTraceServiceRequest()
+    scope = request.resource_spans.add().scope_spans.add()
+    for s in spans:
+        sp = scope.spans.add(trace_id=(90).to_bytes(16, "big"), span_id=s["span"].to_bytes(8, "big"),
+                             parent_span_id=s["parent"].to_bytes(8, "big") if s.get("parent") else b"",
+                             name=s["name"], kind=s.get("kind", Span.SPAN_KIND_INTERNAL),
+                             start_time_unix_nano=1_722_250_000_000_000_000, end_time_unix_nano=1_722_250_001_000_000_000)
+        for key, value in s["attrs"].items():
+            sp.attributes.add(key=key).value.string_value = value
+    return request
+
+
+def _normalised(request) -> list[AuditRecord]:
+    from aitrail.collector.normalise import normalise_traces
+
+    return normalise_traces(request, "acme", ingested_at=iso(24, 7, 30), pseudonymise=lambda raw: "u_" + raw)
+
+
+def _web_request() -> tuple[list[AuditRecord], list[AuditRecord]]:
+    """A web framework's SERVER span (the only one carrying the user and session) → a plain
+    handler span (no record) → a chat span: the server span ends last, in its own export."""
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+    chat = _otlp({"name": "chat", "span": 3, "parent": 2, "attrs": {
+        "gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
+        "gen_ai.input.messages": '[{"role": "user", "parts": [{"type": "text", "content": "Where is order 77?"}]}]',
+        "gen_ai.output.messages": '[{"role": "assistant", "parts": [{"type": "text", "content": "On its way."}]}]',
+    }}, {"name": "handle_chat", "span": 2, "parent": 1, "attrs": {"code.function.name": "handle_chat"}})
+    server = _otlp({"name": "POST /chat", "span": 1, "kind": Span.SPAN_KIND_SERVER, "attrs": {
+        "http.request.method": "POST", "http.route": "/chat", "user.id": "dana", "session.id": "s-web",
+    }})
+    return _normalised(chat), _normalised(server)
+
+
+def test_a_plain_http_server_span_gives_its_user_whichever_arrives_first(store):
+    """The web-framework case: the user is on the plain SERVER span only. Kept as a `context`
+    record, it gives the chat answer its user at query time when it arrives last, and at
+    write time when it arrives first, through the handler span that has no record."""
+    chat_records, server_records = _web_request()
+    assert [r.kind for r in chat_records] == ["completion"] and [r.kind for r in server_records] == ["context"]
+    (chat,), (server,) = chat_records, server_records
+    sequencing = sequencing_for(store)
+    ingest(sequencing, chat_records, server_records)  # server span last: query time
+    assert stored(store, chat).user_pseudonym is None
+    found = answers(store, user="u_dana")
+    assert [(a["record_id"], a["user"], a["user_from"]) for a in found] == [(chat.record_id, "u_dana", span(1))]
+    views = {v["record_id"]: v for v in replay(store, 90)}
+    assert views[chat.record_id]["inherited"]["session_id"] == {"value": "s-web", "span_id": span(1), "resolved": "query"}
+    assert views[server.record_id]["kind"] == "context"
+    assert_verified(store)
+
+
+def test_a_plain_http_server_span_arriving_first_fills_the_record_at_write_time(store):
+    chat_records, server_records = _web_request()
+    sequencing = sequencing_for(store)
+    ingest(sequencing, server_records, chat_records)  # server span first: write time
+    sealed = stored(store, chat_records[0])
+    assert (sealed.user_pseudonym, sealed.session_id) == ("u_dana", "s-web")
+    assert sealed.context_from.model_dump(exclude_none=True) == {"user_pseudonym": span(1), "session_id": span(1)}
+    assert [a["user_from"] for a in answers(store, user="u_dana")] == [span(1)]
+    assert_verified(store)
