@@ -1,16 +1,10 @@
-"""OPEN BUG REPRODUCTION, not collected by `make test` (run it by name:
-`pytest tests/pipeline/fencing_repro.py`).
-
-Fencing on the real broker and node: a collector frozen (SIGSTOP) while it owns partitions
+"""Fencing on the real broker and node: a collector frozen (SIGSTOP) while it owns partitions
 loses them to the other one; resumed (SIGCONT), its stale writes are refused by the log
 states' compare-and-set, so it backs off instead of forking or rewinding a log. Two tenants'
-traffic flows throughout, each into Merkle logs of its own.
-
-Status (2026-12-02): no fork and no rewind were ever seen, and `aitrail verify` passes, but
-in about one run in three some acknowledged spans are never stored while every offset is
-committed (e.g. 15324 of 16000). One cause was found and fixed (batches fetched before a
-rebalance were acknowledged after it: b03e396); another remains. It is kept out of the
-suite so that CI stays meaningful, and reported as not done in the closing note."""
+traffic flows throughout, each into Merkle logs of its own. Every acknowledged span is stored
+once: this test found two ways of losing some (batches fetched before a rebalance acknowledged
+after it, b03e396; the keepalive poll of paused partitions dropping the records of partitions
+assigned meanwhile, 7befa96)."""
 
 from __future__ import annotations
 
