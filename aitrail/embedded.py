@@ -148,7 +148,7 @@ async def embedded(settings: Settings) -> AsyncIterator[Embedded]:
         api_sock = listen(settings.host, settings.api_port)
         verifier = trusted_verifiers(settings) or None
         async def append(records) -> None:  # access records take the same path as spans
-            await append_system_records(bus, records)
+            await append_system_records(bus, records, verdicts)  # refused: the read is not served
 
         api = create_app(
             store, pseudonymise=pseudonymise, metrics=metrics, verifier=verifier, oidc=settings.auth.oidc,

@@ -375,3 +375,35 @@ def test_system_records_join_the_log(server, keys, capsys):
         time.sleep(0.1)
     assert main(["verify", "--log", "acme/local", "--data-dir", str(server.settings.data_dir)]) == 0
     capsys.readouterr()
+
+
+def test_a_read_whose_access_entry_the_store_refuses_is_not_served(tmp_path, monkeypatch):
+    """`aitrail serve`: the access entry goes through the bus like a span. A store that refuses
+    it (a per-record outcome, not a failed write) must stop the read with 503, as a failed
+    write does; the entry is not set aside as a dead letter (the reader is told instead)."""
+    from aitrail.store.base import RecordsRejected
+    from aitrail.store.sqlite import SqliteStore
+
+    running = RunningServer(tmp_path / "serve").start()
+    try:
+        key = running.store.create_key("acme", Role.AUDITOR)[0]
+        headers = {"Authorization": f"Bearer {key}"}
+        assert httpx.get(running.api + "/v1/answers", headers=headers, timeout=30).status_code == 200
+
+        real_write = SqliteStore.write
+
+        def refusing(self, records, *args, **kwargs):  # as the stores refuse a sealed record
+            if any(r.kind == "access" for r in records):
+                raise RecordsRejected({r.record_id: "value out of range" for r in records if r.kind == "access"},
+                                      len(records))
+            return real_write(self, records, *args, **kwargs)
+
+        monkeypatch.setattr(SqliteStore, "write", refusing)
+        response = httpx.get(running.api + "/v1/answers", params={"q": "refund"}, headers=headers, timeout=60)
+        assert response.status_code == 503, response.text
+        assert "could not be written to the access log" in response.text and "value out of range" in response.text
+        assert "data" not in response.json()
+        monkeypatch.setattr(SqliteStore, "write", real_write)
+        assert running.store.dead_letters() == []  # refused back to the reader, not set aside
+    finally:
+        running.stop()

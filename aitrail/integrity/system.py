@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from aitrail.bus.base import Bus, BusMessage, Signal
-from aitrail.errors import InvalidInput
+from aitrail.errors import AitrailError, InvalidInput
 from aitrail.schemas.canonical import canonical_json
 from aitrail.schemas.record import AuditRecord, Kind, Origin
 
@@ -53,10 +53,20 @@ def decode(payload: bytes) -> list[AuditRecord]:
     return records
 
 
-async def append_system_records(bus: Bus, records: list[AuditRecord]) -> None:
+async def append_system_records(bus: Bus, records: list[AuditRecord], verdicts=None) -> None:
     """Append to the trail; returns once the records are as safe as any acknowledged span
-    (embedded: stored and sealed; Kafka: acknowledged by the broker)."""
-    if records:
-        await bus.publish(
-            [BusMessage(signal=Signal.RECORDS, payload=encode(records), tenant=records[0].tenant, key=SYSTEM_KEY)]
-        )
+    (embedded: stored and sealed; Kafka: acknowledged by the broker). With the embedded
+    collector's `verdicts` (`aitrail.gateway.ingest.Verdicts`), records the collector refuses
+    (the store rejected one, or holds its id with other content) raise `AitrailError` with the
+    store's reason instead of being set aside as a dead letter: an access entry that is not in
+    the trail must stop the read it stands for."""
+    if not records:
+        return
+    message = BusMessage(signal=Signal.RECORDS, payload=encode(records), tenant=records[0].tenant, key=SYSTEM_KEY)
+    if verdicts is None:
+        await bus.publish([message])
+        return
+    message.decoded = records  # what `verdicts` knows the message by (the collector decodes the payload)
+    refused = await verdicts.publish(bus, [message])
+    if refused:
+        raise AitrailError(f"the collector refused the {records[0].kind} record(s): {refused[0]}")
