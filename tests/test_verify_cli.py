@@ -457,8 +457,13 @@ def test_verify_record_is_an_access_logged_read(install, capsys):
 
 
 def _strip(inst: Install, record_id: str):
+    """Remove a record's content as an erasure does, now (after any reason appended before)."""
+    import time
+
+    from aitrail.schemas.timefmt import ns_to_iso
+
     stored = inst.store.get(TENANT, record_id)
-    inst.backend.replace_record(erase(stored, ERASED_AT))
+    inst.backend.replace_record(erase(stored, max(ERASED_AT, ns_to_iso(time.time_ns()))))
     return stored
 
 

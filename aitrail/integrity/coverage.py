@@ -139,6 +139,12 @@ class ErasureCoverage:
         for cover in candidates:
             status = self._status_of(cover)
             if status == "verified":
+                if _earlier(record.erased_at, cover.start_time):
+                    return Explanation(
+                        ErasureStatus.UNEXPLAINED,
+                        f"erased_at {record.erased_at} is before the {cover.kind} record {cover.record_id} that would "
+                        f"explain it ({cover.start_time}): content is removed after its sealed reason, never before",
+                    )
                 return Explanation(ErasureStatus.COVERED, f"content erased, explained by {cover.kind} record "
                                    f"{cover.record_id}", cover.record_id)
             if status == "pending":
@@ -163,3 +169,16 @@ class ErasureCoverage:
             ErasureStatus.UNEXPLAINED,
             "content removed (erased_at set) but no sealed erasure or retention record of the tenant covers it",
         )
+
+
+def _earlier(erased_at: str | None, reason_at: str | None) -> bool:
+    """Whether the erasure is dated before its reason (both ISO 8601; unreadable: not earlier,
+    the leaf check reports an unreadable time)."""
+    from aitrail.schemas.timefmt import iso_to_ns
+
+    if not erased_at or not reason_at:
+        return False
+    try:
+        return iso_to_ns(erased_at) < iso_to_ns(reason_at)
+    except (ValueError, TypeError):
+        return False

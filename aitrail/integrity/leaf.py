@@ -272,6 +272,9 @@ def recompute(record: AuditRecord) -> LeafCheck:
             content_ok = _commit(content, salt) == commitment
             if not content_ok:
                 problems.append("content does not match its commitment")
+            elif record.erased_at is not None:  # an erasure removes the salt with the content
+                content_ok = False
+                problems.append("erased_at set on a record that still has its content and salt")
     elif record.erased_at is not None:
         erased = True
         content_ok = None if not has_content(record) else False

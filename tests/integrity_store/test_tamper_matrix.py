@@ -369,6 +369,39 @@ def test_fake_erasure(trail):
     expect_named(trail, victim.record_id)
 
 
+def _seal_an_erasure_of(trail: Trail, victim: AuditRecord, at: str) -> AuditRecord:
+    """A real sealed erasure record for `victim`, appended to its log after it."""
+    from aitrail.integrity.system import system_record
+
+    cover = system_record("erasure", victim.tenant, {"record_ids": [victim.record_id], "reason": "test"}, at=at)
+    sequencing = open_sequencing(trail.settings, trail.store, create_key=False)
+    sequencing.write([cover])
+    sequencing.tick()
+    return cover
+
+
+def test_erased_at_moved_before_its_erasure_record(trail):
+    """A real erasure (a sealed erasure record, then the content removed) verifies; the same
+    record with `erased_at` moved to before its sealed reason does not."""
+    victim = sealed(trail, trail.completions[6])
+    cover = _seal_an_erasure_of(trail, victim, iso(26, 0, 0))
+    trail.insider.replace(erase(victim, iso(26, 0, 5)))
+    _, out = trail.verify()  # (the insider left the derived rows: those are named, the erasure is not)
+    assert "1 erased" in out and "is before the" not in out and "no sealed erasure" not in out, out
+    trail.insider.replace(erase(victim, iso(25, 23, 0)))
+    out = expect_named(trail, victim.record_id)
+    assert f"is before the erasure record {cover.record_id}" in out, out
+
+
+def test_erased_at_set_on_a_record_that_kept_its_content(trail):
+    """`erased_at` on a record whose content and salt are still there: the API would show an
+    erasure that never happened."""
+    victim = sealed(trail, trail.completions[4])
+    trail.insider.replace(victim.model_copy(update={"erased_at": iso(26, 0, 0)}))
+    out = expect_named(trail, victim.record_id)
+    assert "erased_at set on a record that still has its content" in out, out
+
+
 # --- the log as a whole --------------------------------------------------------------------
 
 
