@@ -11,12 +11,12 @@ or a vector-store span (`db.system` chroma, pinecone, qdrant, …) carrying Trac
 attributes or result events. Plain HTTP / database spans give no record, with one exception:
 
 **Context span** — a span with no GenAI marker that says who asked (a user id such as
-`enduser.id` / `user.id`, or `session.id`) and is where a request enters: a SERVER span or
-the trace's root. Web frameworks set these ids on that span only; it becomes a record of kind
-`context` (its own ids, times, status, name and attributes, no content), so that the records
-under it inherit the user and session whichever of them arrives first, in whatever batch
+`enduser.id` / `user.id`, or `session.id`) and is where a request enters a service: a SERVER
+span. Web frameworks set these ids on that span only; it becomes a record of kind `context`
+(its own ids, times, status, name and attributes, no content), so that the records under it
+inherit the user and session whichever of them arrives first, in whatever batch
 (`aitrail.store.context`). Other plain spans stay unrecorded even when an SDK stamped the
-user on them (every database call would otherwise become a record).
+user on them (every database call, every SDK wrapper span would otherwise become a record).
 
 **Conventions** (the record's `semconv`):
 
@@ -34,7 +34,7 @@ user on them (every database call would otherwise become a record).
 - `openllmetry` — Traceloop OpenLLMetry (`traceloop.*`, `llm.request.type`, `llm.usage.*`,
   `gen_ai.*` in its own flavour, vector-store `db.query.result` events);
 - `otel` — context spans: the general OpenTelemetry attributes (`enduser.id`, `user.id`,
-  `session.id`) on a plain SERVER or root span;
+  `session.id`) on a plain SERVER span;
 - `aitrail` — records whose kind comes from our SDK's own attributes (prompt render,
   retrieval with `aitrail.retrieval.documents`, feedback).
 
@@ -655,7 +655,7 @@ def _interest(span: Any) -> str | None:
             traceloop = True
     if vector_db and traceloop:
         return "genai"
-    if context and (span.kind == _SERVER or not span.parent_span_id):
+    if context and span.kind == _SERVER:
         return CONTEXT
     return None
 

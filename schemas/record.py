@@ -29,7 +29,7 @@ class Kind(StrEnum):
     AGENT = "agent"
     EVALUATION = "evaluation"
     FEEDBACK = "feedback"
-    # a plain SERVER or root span that says who asked (user, session): no content, only the
+    # a plain SERVER span that says who asked (user, session): no content, only the
     # context the records under it inherit (aitrail.collector.normalise, "Context span")
     CONTEXT = "context"
     # system kinds: written by aitrail itself, not by instrumented services
