@@ -261,6 +261,7 @@ class _LogVerifier:
         self.origin, self.progress = origin, progress
         self.external, self.erasures = list(external), erasures
         self.stored_notes: dict[int, set[str]] = {}
+        self.stored_times: dict[tuple[int, str], set[str]] = {}  # (size, note) -> signed_at as stored
         self.beyond: list[_Cp] = []  # kept checkpoints larger than the store's log
         self.forks: dict[str, tuple[int, list[int]]] = {}  # source -> (failure index, sizes)
         self.max_index = -1
@@ -321,6 +322,7 @@ class _LogVerifier:
         for sc in self.reader.checkpoints(self.log_id):
             self.report.checkpoints_checked += 1
             self.stored_notes.setdefault(sc.size, set()).add(sc.note)
+            self.stored_times.setdefault((sc.size, sc.note), set()).add(str(sc.signed_at))
             try:
                 cp = open_checkpoint(sc.note, self.verifier)
             except NoteError as e:
@@ -376,6 +378,11 @@ class _LogVerifier:
                 elif sc.note not in stored:
                     self.fail(FailureKind.MIRROR_DIFFERS,
                               f"checkpoint for size {sc.size} differs between the store and {item.source}", size=sc.size)
+                elif str(sc.signed_at) not in (times := self.stored_times.get((sc.size, sc.note), set())):
+                    # the note does not hold the time: the mirror's copy is what the API's time is checked against
+                    self.fail(FailureKind.MIRROR_DIFFERS,
+                              f"checkpoint for size {sc.size} was signed at {sc.signed_at} says {item.source}, the store "
+                              f"says {', '.join(sorted(times))}", size=sc.size)
             try:
                 cp = open_checkpoint(sc.note, self.verifier)
             except NoteError as e:
